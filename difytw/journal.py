@@ -1,0 +1,107 @@
+"""The replay server's journal: what reached the fake Dify, and how it ended.
+
+Tests and the demo read it to prove what crossed the wire: which requests
+arrived (with allow-listed headers only: never ``Authorization`` or
+``Cookie``), whether the key was right, which fixture answered, how many body
+bytes went out and how the exchange ended (``completed``, ``client_closed``
+at byte N, ``reset``, ``timeout``, or an error status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+# Request headers worth showing in a journal; everything else is dropped so a
+# secret sent by mistake never lands in a log or a test report.
+JOURNAL_HEADERS = frozenset(
+    {
+        "accept",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "user-agent",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-trace-id",
+        "traceparent",
+        "x-replay-fault",
+        "accept-encoding",
+        "connection",
+    }
+)
+
+
+def allowed_headers(pairs: Iterable[tuple[bytes, list[bytes]]]) -> list[tuple[str, str]]:
+    kept: list[tuple[str, str]] = []
+    for name, values in pairs:
+        text = name.decode("latin-1")
+        if text.lower() in JOURNAL_HEADERS:
+            kept.extend((text, value.decode("latin-1")) for value in values)
+    return kept
+
+
+@dataclass
+class JournalEntry:
+    id: int
+    time: float
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    auth: str  # "ok" | "missing" | "wrong" | "not-required"
+    body_sha256: str
+    body_bytes: int
+    fixture: str | None = None
+    fault: str = ""
+    status: int | None = None
+    bytes_sent: int = 0
+    outcome: str = "pending"
+    closed_at_byte: int | None = None
+    ended_at: float | None = None
+    stop: dict[str, Any] | None = field(default=None)  # for stop-endpoint calls
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Journal:
+    """An in-process list of ``JournalEntry``, with a way to wait for ends."""
+
+    def __init__(self) -> None:
+        self.entries: list[JournalEntry] = []
+        self._next_id = 1
+        self._waiting: list[Deferred[JournalEntry]] = []
+
+    def open(self, **fields: Any) -> JournalEntry:
+        entry = JournalEntry(id=self._next_id, **fields)
+        self._next_id += 1
+        self.entries.append(entry)
+        return entry
+
+    def close(self, entry: JournalEntry, outcome: str, at: float) -> None:
+        if entry.ended_at is not None:
+            return
+        entry.outcome = outcome
+        entry.ended_at = at
+        if outcome == "client_closed":
+            entry.closed_at_byte = entry.bytes_sent
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(entry)
+
+    def next_end(self) -> Deferred[JournalEntry]:
+        """A Deferred that fires with the next entry to end."""
+        d: Deferred[JournalEntry] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [entry.as_json() for entry in self.entries]

@@ -1,0 +1,359 @@
+"""The replay server: a fake Dify that serves recorded exchanges faithfully.
+
+``ReplayApp`` is a klein application.  For each request it checks the key the
+way Dify does (dify-contract.md 1.1), finds the fixture that matches
+(``FixtureIndex``), and replays it: the recorded status and headers, then
+every recorded chunk with its own ``request.write`` at its recorded offset
+divided by ``speed``, ending as recorded (clean EOF, a TCP reset, or a stall).
+Faults from ``X-Replay-Fault`` reshape that plan (``difytw.faults``).  A
+blocking request answered from a streaming fixture gets the folded JSON
+(``difytw.blocking``); uploads get a file object built from the real body.
+
+The clock is injected; a client that leaves cancels its pending write at once,
+so no ``DelayedCall`` outlives its connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from difytw import blocking, uploads
+from difytw.errors import JSON_CONTENT_TYPE, DifyError
+from difytw.faults import FAULT_HEADER, FAULT_QUERY_PARAM, FaultError, Faults, Plan, plan_writes
+from difytw.fixture import Fixture
+from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch
+from difytw.journal import Journal, JournalEntry, allowed_headers
+
+log = Logger()
+
+# Routes that take `response_mode` (dify-contract.md 1.2); Dify streams only
+# when the value is exactly "streaming", so absent means blocking.
+MODE_ROUTES = ("/chat-messages", "/completion-messages", "/workflows/run")
+# Recorded headers that describe the recorded connection, not the exchange.
+CONNECTION_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+)
+# Statuses a `status=CODE` fault answers with, as Dify names them (section 3).
+FAULT_CODES = {
+    400: ("invalid_param", "Injected fault: invalid parameter."),
+    401: ("unauthorized", "Access token is invalid"),
+    403: ("forbidden", "The app's API service has been disabled."),
+    404: ("not_found", "Conversation Not Exists."),
+    413: ("file_too_large", "File size exceeded."),
+    415: ("unsupported_file_type", "File type not allowed."),
+    429: ("too_many_requests", "Too many requests. Please try again later."),
+    500: ("internal_server_error", "Internal Server Error, please contact support."),
+    502: ("bad_gateway", "Bad Gateway"),
+    503: ("service_unavailable", "Service Unavailable"),
+    504: ("gateway_timeout", "Gateway Timeout"),
+}
+
+
+class ReplayApp:
+    app = Klein()
+
+    def __init__(
+        self,
+        index: FixtureIndex,
+        *,
+        clock: IReactorTime,
+        speed: float = 1.0,
+        api_key: str | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.index = index
+        self.clock = clock
+        self.speed = speed
+        self.api_key = api_key
+        self.journal = journal if journal is not None else Journal()
+        self.playbacks: dict[str, Playback] = {}
+
+    def resource(self) -> IResource:
+        resource: IResource = self.app.resource()
+        return resource
+
+    @app.route("/_replay/journal", methods=["GET"])
+    def journal_get(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        return json.dumps(self.journal.as_json(), ensure_ascii=False).encode("utf-8")
+
+    @app.route("/_replay/journal", methods=["DELETE"])
+    def journal_delete(self, request: IRequest) -> bytes:
+        self.journal.clear()
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/", branch=True)
+    def dify(self, request: IRequest) -> Any:
+        # The raw request target, not klein's decoded path: a fixture records
+        # what was on the wire.
+        raw_path, _, raw_query = request.uri.decode("latin-1").partition("?")
+        content = request.content
+        assert content is not None
+        content.seek(0, 2)
+        length = content.tell()
+        content.seek(0)
+        digest = hashlib.sha256()
+        while block := content.read(1 << 20):
+            digest.update(block)
+        content.seek(0)
+        entry = self.journal.open(
+            time=self.clock.seconds(),
+            method=request.method.decode("latin-1"),
+            path=raw_path,
+            query=raw_query,
+            headers=allowed_headers(request.requestHeaders.getAllRawHeaders()),
+            auth="not-required",
+            body_sha256=digest.hexdigest(),
+            body_bytes=length,
+        )
+        try:
+            return self._answer(request, entry, raw_path, raw_query, length)
+        except DifyError as error:
+            return self._error(request, entry, error)
+
+    def _answer(
+        self, request: IRequest, entry: JournalEntry, path: str, query: str, length: int
+    ) -> Any:
+        entry.auth = self._check_key(request)
+        faults, query = self._faults(request, query)
+        entry.fault = faults.spec
+        content_type = (request.getHeader(b"content-type") or b"").lower()
+        assert request.content is not None
+        body = request.content.read() if length <= 1 << 20 else b""
+        request.content.seek(0)
+        payload = _json_body(content_type, body)
+        incoming = Incoming(request.method.decode("latin-1"), path, query, payload, body)
+        try:
+            fixture = self.index.match(incoming)
+        except NoMatch as miss:
+            if path.endswith("/files/upload") and request.method == b"POST":
+                return self._upload(request, entry, content_type, length)
+            raise DifyError(
+                404, "not_found", miss.message, nearest=[list(pair) for pair in miss.nearest]
+            ) from None
+        entry.fixture = fixture.id
+        if faults.status is not None:
+            code, message = FAULT_CODES.get(faults.status, ("injected_fault", "Injected fault."))
+            raise DifyError(faults.status, code, message)
+        if fixture.response.is_stream and _wants_blocking(path, payload):
+            status, folded = blocking.fold(fixture.body())
+            return self._send_json(request, entry, status, folded)
+        plan = plan_writes(
+            [(chunk.t, chunk.data) for chunk in fixture.chunks],
+            head_ms=fixture.response.t,
+            end_ms=fixture.end.t,
+            end=fixture.end.how,
+            speed=self.speed,
+            faults=faults,
+        )
+        playback = Playback(request, fixture, plan, self.clock, entry, self.journal)
+        return playback.start()
+
+    def _check_key(self, request: IRequest) -> str:
+        if self.api_key is None:
+            return "not-required"
+        # Dify's validate_and_get_api_token (dify-contract.md 1.1).
+        header = request.getHeader(b"authorization")
+        if header is None or b" " not in header:
+            raise DifyError(
+                401, "unauthorized", "Authorization header must be provided and start with 'Bearer'"
+            )
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            raise DifyError(401, "unauthorized", "Authorization scheme must be 'Bearer'")
+        if not hmac.compare_digest(token.strip(), self.api_key.encode("utf-8")):
+            raise DifyError(401, "unauthorized", "Access token is invalid")
+        return "ok"
+
+    def _faults(self, request: IRequest, query: str) -> tuple[Faults, str]:
+        spec = (request.getHeader(FAULT_HEADER.encode()) or b"").decode("latin-1")
+        if FAULT_QUERY_PARAM in query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            spec = ",".join([spec, *(v for k, v in pairs if k == FAULT_QUERY_PARAM)])
+            query = urlencode([(k, v) for k, v in pairs if k != FAULT_QUERY_PARAM])
+        try:
+            return Faults.parse(spec), query
+        except FaultError as e:
+            raise DifyError(400, "invalid_param", f"Bad {FAULT_HEADER}: {e}") from None
+
+    def _upload(
+        self, request: IRequest, entry: JournalEntry, content_type: bytes, length: int
+    ) -> bytes:
+        assert request.content is not None
+        upload, fields = uploads.read_upload(content_type, request.content, length)
+        now = int(self.clock.seconds())
+        body = json.dumps(uploads.file_object(upload, fields.get("user", ""), now)).encode()
+        entry.fixture = None
+        return self._send_json(request, entry, 201, body)
+
+    def _send_json(self, request: IRequest, entry: JournalEntry, status: int, body: bytes) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        entry.status = status
+        entry.bytes_sent = len(body)
+        self.journal.close(entry, "completed", self.clock.seconds())
+        return body
+
+    def _error(self, request: IRequest, entry: JournalEntry, error: DifyError) -> bytes:
+        if error.status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="api"')
+            entry.auth = "missing" if request.getHeader(b"authorization") is None else "wrong"
+        log.info(
+            "replay refused {method} {path}: {status} {code}",
+            method=entry.method,
+            path=entry.path,
+            status=error.status,
+            code=error.code,
+        )
+        return self._send_json(request, entry, error.status, error.body())
+
+
+def _json_body(content_type: bytes, body: bytes) -> Any:
+    if not content_type.startswith(b"application/json"):
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        # Dify's get_json() failure (dify-contract.md 1.1).
+        message = "Invalid JSON payload received or JSON payload is empty."
+        raise DifyError(400, "invalid_param", message) from None
+
+
+def _wants_blocking(path: str, payload: Any) -> bool:
+    if not isinstance(payload, dict) or not path.endswith(MODE_ROUTES):
+        return False
+    return payload.get("response_mode") != "streaming"
+
+
+@implementer(IPushProducer)
+class Playback:
+    """Writes one ``Plan`` to one request, honouring the client's backpressure."""
+
+    def __init__(
+        self,
+        request: IRequest,
+        fixture: Fixture,
+        plan: Plan,
+        clock: IReactorTime,
+        entry: JournalEntry,
+        journal: Journal,
+    ) -> None:
+        self.request = request
+        self.fixture = fixture
+        self.plan = plan
+        self.clock = clock
+        self.entry = entry
+        self.journal = journal
+        self.started = clock.seconds()
+        self.position = 0  # index of the next write
+        self.head_sent = False
+        self.paused = False
+        self.pending: IDelayedCall | None = None
+        self.shift = 0.0  # seconds lost to backpressure pauses
+        self.paused_at = 0.0
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+
+    def start(self) -> Deferred[bytes]:
+        response = self.fixture.response
+        self.request.setResponseCode(response.status)
+        for name, value in response.headers:
+            if name.lower() not in CONNECTION_HEADERS:
+                self.request.responseHeaders.addRawHeader(name, value)
+        if not response.is_stream and self.plan.end == "eof" and not self.entry.fault:
+            size = sum(len(w.data) for w in self.plan.writes)
+            self.request.setHeader(b"Content-Length", str(size).encode())
+        self.entry.status = response.status
+        self.request.registerProducer(self, True)
+        self._step()
+        return self.done
+
+    def _due(self, at: float) -> float:
+        return max(0.0, self.started + self.shift + at - self.clock.seconds())
+
+    def _step(self) -> None:
+        self.pending = None
+        if self.paused:
+            return
+        writes = self.plan.writes
+        if not self.head_sent:
+            delay = self._due(self.plan.head_at)
+            if delay > 0:
+                self.pending = self.clock.callLater(delay, self._step)
+                return
+            self.head_sent = True
+            self.request.write(b"")  # the status line and headers, now
+        while self.position < len(writes):
+            write = writes[self.position]
+            delay = self._due(write.at)
+            if delay > 0:
+                self.pending = self.clock.callLater(delay, self._step)
+                return
+            self.position += 1
+            self.request.write(write.data)
+            self.entry.bytes_sent += len(write.data)
+            if self.paused or self.done.called:
+                return
+        self._end()
+
+    def _end(self) -> None:
+        how = self.plan.end
+        if how == "timeout":
+            # A recorded stall: keep the connection open until the client leaves.
+            self.entry.outcome = "timeout"
+            return
+        delay = self._due(self.plan.end_at)
+        if delay > 0:
+            self.pending = self.clock.callLater(delay, self._end)
+            return
+        self.pending = None
+        self.request.unregisterProducer()
+        if how == "reset":
+            self.journal.close(self.entry, "reset", self.clock.seconds())
+            transport = self.request.transport  # type: ignore[attr-defined]
+            transport.abortConnection()
+            return
+        self.journal.close(self.entry, "completed", self.clock.seconds())
+        self.done.callback(b"")
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        # The client left (klein cancels the endpoint's Deferred).
+        if self.pending is not None and self.pending.active():
+            self.pending.cancel()
+        self.pending = None
+        self.journal.close(self.entry, "client_closed", self.clock.seconds())
+
+    # IPushProducer: a slow client pauses the replay instead of piling bytes up.
+    def pauseProducing(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        self.paused_at = self.clock.seconds()
+        if self.pending is not None and self.pending.active():
+            self.pending.cancel()
+        self.pending = None
+
+    def resumeProducing(self) -> None:
+        if not self.paused or self.done.called:
+            return
+        self.paused = False
+        self.shift += self.clock.seconds() - self.paused_at
+        self.pending = self.clock.callLater(0, self._step)
+
+    def stopProducing(self) -> None:
+        if self.pending is not None and self.pending.active():
+            self.pending.cancel()
+        self.pending = None

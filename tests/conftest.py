@@ -1,0 +1,69 @@
+"""Shared test fixtures: a real replay server on a loopback port.
+
+Everything that crosses the wire is tested over real sockets, and the replay
+server is the fake Dify every such test talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.server import Site
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+TEST_KEY = "app-test-key-not-a-secret"
+
+
+@dataclass
+class RunningReplay:
+    """A replay server listening on 127.0.0.1 for one test."""
+
+    url: str  # e.g. "http://127.0.0.1:54321" (no trailing slash, no /v1)
+    port: int
+    app: Any  # difytw.replay.ReplayApp
+    journal: Any  # difytw.replay.Journal
+    listening: IListeningPort = field(repr=False)
+
+
+@pytest.fixture
+def start_replay() -> Iterator[Callable[..., RunningReplay]]:
+    """Factory: ``start_replay(fixtures=FIXTURES, speed=0.0, api_key=TEST_KEY, clock=reactor)``."""
+    from difytw.fixtureindex import FixtureIndex
+    from difytw.replay import ReplayApp
+
+    started: list[RunningReplay] = []
+
+    def start(
+        fixtures: Path = FIXTURES,
+        speed: float = 0.0,
+        api_key: str | None = TEST_KEY,
+        clock: Any = None,
+    ) -> RunningReplay:
+        index = FixtureIndex.from_directory(fixtures)
+        app = ReplayApp(
+            index, clock=clock if clock is not None else _reactor, speed=speed, api_key=api_key
+        )
+        site = Site(app.resource())
+        listening = _reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        port = listening.getHost().port
+        running = RunningReplay(f"http://127.0.0.1:{port}", port, app, app.journal, listening)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        pytest_twisted.blockon(running.listening.stopListening())
+
+
+@pytest.fixture
+def replay(start_replay: Callable[..., RunningReplay]) -> RunningReplay:
+    """A replay server on all of fixtures/, as fast as possible, requiring TEST_KEY."""
+    return start_replay()
