@@ -161,8 +161,8 @@ def event_ends(body: bytes) -> list[int]:
             if in_block:
                 ends.append(match.end())
             in_block = False
-        else:
-            in_block = True
+        elif not line.startswith(b":"):
+            in_block = True  # a comment alone never makes a block dispatch
     return ends
 
 
