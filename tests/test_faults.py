@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -121,7 +123,7 @@ def test_drip_writes_small_pieces_in_order() -> None:
     assert all(len(w.data) <= 5 for w in p.writes)
     times = [w.at for w in p.writes]
     assert times == sorted(times)
-    assert all(b - a >= 0.01 - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 0.01 - 1e-9 for a, b in itertools.pairwise(times))
 
 
 def test_split_utf8_cuts_inside_a_character() -> None:
@@ -165,9 +167,7 @@ def test_reshaping_faults_never_change_the_bytes(
 ) -> None:
     body = b"".join(frames)
     points = sorted({min(c * 7, len(body)) for c in cuts} | {0, len(body)})
-    chunks = [
-        (float(i), body[a:b]) for i, (a, b) in enumerate(zip(points, points[1:], strict=False))
-    ]
+    chunks = [(float(i), body[a:b]) for i, (a, b) in enumerate(itertools.pairwise(points))]
     p = plan_writes(chunks, head_ms=0, end_ms=100, end="eof", speed=1, faults=Faults.parse(spec))
     assert body_of(p) == body
     times = [w.at for w in p.writes]
