@@ -16,7 +16,7 @@ positions sit just after the Nth such block.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 FAULT_HEADER = "X-Replay-Fault"
@@ -116,7 +116,7 @@ def _read_ping(name: str, value: str) -> dict[str, object]:
 
 
 _FLAGS = {"split-utf8": "split_utf8", "crlf": "crlf", "no-final-blank-line": "no_final_blank_line"}
-_READERS = {
+_READERS: dict[str, Callable[[str, str], dict[str, object]]] = {
     "cut-after": lambda n, v: {"cut_after": _count(n, v)},
     "reset-after": lambda n, v: {"reset_after": _count(n, v)},
     "stall": _read_stall,

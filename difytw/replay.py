@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import struct
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -140,7 +142,8 @@ class ReplayApp:
             fixture = self.index.match(incoming)
         except NoMatch as miss:
             if path.endswith("/files/upload") and request.method == b"POST":
-                return self._upload(request, entry, content_type, length)
+                raw_type = request.getHeader(b"content-type") or b""  # boundary is case-sensitive
+                return self._upload(request, entry, raw_type, length)
             raise DifyError(
                 404, "not_found", miss.message, nearest=[list(pair) for pair in miss.nearest]
             ) from None
@@ -239,6 +242,23 @@ def _wants_blocking(path: str, payload: Any) -> bool:
     return payload.get("response_mode") != "streaming"
 
 
+def _reset(transport: Any) -> None:
+    """End with a TCP RST, but only after the bytes already written are sent.
+
+    ``abortConnection`` would discard Twisted's write buffer, losing the last
+    chunks the fixture recorded before the reset; SO_LINGER 0 makes the close
+    that follows the flush a reset instead of a FIN.
+    """
+    try:
+        transport.getHandle().setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+    except (AttributeError, OSError):
+        transport.abortConnection()
+        return
+    transport.loseConnection()
+
+
 @implementer(IPushProducer)
 class Playback:
     """Writes one ``Plan`` to one request, honouring the client's backpressure."""
@@ -277,7 +297,7 @@ class Playback:
             size = sum(len(w.data) for w in self.plan.writes)
             self.request.setHeader(b"Content-Length", str(size).encode())
         self.entry.status = response.status
-        self.request.registerProducer(self, True)
+        self.request.registerProducer(self, True)  # type: ignore[attr-defined]
         self._step()
         return self.done
 
@@ -320,11 +340,10 @@ class Playback:
             self.pending = self.clock.callLater(delay, self._end)
             return
         self.pending = None
-        self.request.unregisterProducer()
+        self.request.unregisterProducer()  # type: ignore[attr-defined]
         if how == "reset":
             self.journal.close(self.entry, "reset", self.clock.seconds())
-            transport = self.request.transport  # type: ignore[attr-defined]
-            transport.abortConnection()
+            _reset(self.request.transport)  # type: ignore[attr-defined]
             return
         self.journal.close(self.entry, "completed", self.clock.seconds())
         self.done.callback(b"")

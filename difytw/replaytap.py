@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.application.strports import service as endpointService
-from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -64,11 +64,9 @@ class Options(usage.Options):
             self["api-key"] = os.environ.get("DIFY_REPLAY_API_KEY") or None
 
 
-def makeService(options: Options, reactor: IReactorTime | None = None) -> IService:
+def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor  # type: ignore[assignment]
+        from twisted.internet import reactor
     app = ReplayApp(options.index, clock=reactor, speed=options.speed, api_key=options["api-key"])
     site = Site(app.resource())
     site.displayTracebacks = False

@@ -56,7 +56,7 @@ def read_upload(content_type: bytes, body: BinaryIO, length: int) -> tuple[_Part
 
     headers = {"Content-Type": content_type, "Content-Length": str(length).encode()}
     try:
-        parse_form(headers, body, on_field, on_file)  # type: ignore[arg-type]
+        parse_form(headers, body, on_field, on_file)
     except (FormParserError, ValueError) as e:
         raise DifyError(400, "invalid_param", f"Malformed multipart body: {e}") from None
     uploads = [f for f in files if f.name == "file"]

@@ -1,0 +1,445 @@
+"""The replay server over real loopback sockets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+
+from tests.conftest import TEST_KEY, RunningReplay
+from tests.rawhttp import RawResponse, build_request, fetch
+
+CHAT_FRAMES = [
+    b'data: {"event":"message","conversation_id":"c1","message_id":"m1","created_at":1,'
+    b'"task_id":"t1","id":"m1","answer":"\xe4\xbd\xa0\xe5\xa5\xbd"}\n\n',
+    b"event: ping\n\n",
+    b'data: {"event":"message","conversation_id":"c1","message_id":"m1","created_at":1,'
+    b'"task_id":"t1","id":"m1","answer":" \xf0\x9f\x98\x80"}\n\n',
+    b'data: {"event":"message_end","conversation_id":"c1","message_id":"m1","created_at":1,'
+    b'"task_id":"t1","id":"m1","metadata":{"usage":{"total_tokens":7}}}\n\n',
+]
+SSE_HEADERS = [["Content-Type", "text/event-stream; charset=utf-8"], ["X-Version", "1.9.0"]]
+
+
+def write_fixture(
+    folder: Path,
+    fid: str,
+    query: str,
+    frames: list[bytes],
+    *,
+    gap_ms: float = 300,
+    how: str = "eof",
+    status: int = 200,
+    headers: list[list[str]] = SSE_HEADERS,
+) -> None:
+    from difytw.fixture import end_for
+
+    records: list[dict[str, Any]] = [
+        {"type": "fixture", "format": "sse-fixture/1", "id": fid, "provenance": "test"},
+        {
+            "type": "request",
+            "method": "POST",
+            "path": "/v1/chat-messages",
+            "query": "",
+            "headers": [["Content-Type", "application/json"]],
+            "json": {"query": query, "inputs": {}, "response_mode": "streaming", "user": "u"},
+        },
+        {"type": "response", "t": 10, "status": status, "headers": headers},
+    ]
+    for i, frame in enumerate(frames):
+        records.append({"type": "chunk", "t": 20 + gap_ms * i, "text": frame.decode()})
+    end = end_for(b"".join(frames), 20 + gap_ms * len(frames), how)
+    records.append(
+        {"type": "end", "t": end.t, "how": end.how, "bytes": end.bytes, "sha256": end.sha256}
+    )
+    (folder / f"{fid}.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
+
+
+@pytest.fixture
+def fixture_dir(tmp_path: Path) -> Path:
+    write_fixture(tmp_path, "chat", "hello", CHAT_FRAMES)
+    write_fixture(tmp_path, "stalls", "stall please", CHAT_FRAMES[:1], how="timeout")
+    write_fixture(tmp_path, "resets", "reset please", CHAT_FRAMES[:2], how="reset")
+    return tmp_path
+
+
+def chat(
+    query: str = "hello",
+    *,
+    key: str | None = TEST_KEY,
+    fault: str | None = None,
+    mode: str = "streaming",
+    body: bytes | None = None,
+    path: str = "/v1/chat-messages",
+) -> bytes:
+    headers = [("Content-Type", "application/json")]
+    if key is not None:
+        headers.append(("Authorization", f"Bearer {key}"))
+    if fault is not None:
+        headers.append(("X-Replay-Fault", fault))
+    if body is None:
+        payload = {"query": query, "inputs": {}, "response_mode": mode, "user": "someone"}
+        body = json.dumps(payload).encode()
+    return build_request("POST", path, headers=headers, body=body)
+
+
+async def send(replay: RunningReplay, request: bytes) -> RawResponse:
+    _, done = fetch(reactor, replay.port, request)
+    return await done
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_recorded_chunk_is_its_own_http_chunk(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat())
+    assert response.status == 200
+    assert response.complete
+    assert [data for _, data in response.chunks] == CHAT_FRAMES
+    assert response.header("content-type") == "text/event-stream; charset=utf-8"
+    assert response.header("x-version") == "1.9.0"
+    assert response.header("content-length") is None
+    [entry] = replay.journal.entries
+    assert (entry.fixture, entry.outcome, entry.auth) == ("chat", "completed", "ok")
+    assert entry.bytes_sent == sum(map(len, CHAT_FRAMES))
+    assert all(name.lower() != "authorization" for name, _ in entry.headers)
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.0])
+@pytest_twisted.ensureDeferred
+async def test_timing_follows_speed(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path, speed: float
+) -> None:
+    replay = start_replay(fixture_dir, speed=speed)
+    response = await send(replay, chat())
+    times = [t for t, _ in response.chunks]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    expected = 0.3 / speed
+    # generous bounds: proves pacing, not scheduler precision
+    assert all(expected * 0.6 < gap < expected * 3 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (None, "Authorization header must be provided and start with 'Bearer'"),
+        ("app-wrong", "Access token is invalid"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_wrong_or_missing_key_is_difys_401(
+    replay: RunningReplay, key: str | None, message: str
+) -> None:
+    response = await send(replay, chat(key=key))
+    assert response.status == 401
+    assert response.header("www-authenticate") == 'Bearer realm="api"'
+    assert json.loads(response.body) == {"code": "unauthorized", "message": message, "status": 401}
+    assert replay.journal.entries[0].auth == ("missing" if key is None else "wrong")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_scheme(replay: RunningReplay) -> None:
+    request = build_request(
+        "GET", "/v1/parameters", headers=[("Authorization", f"Basic {TEST_KEY}")]
+    )
+    response = await send(replay, request)
+    assert response.status == 401
+    assert json.loads(response.body)["message"] == "Authorization scheme must be 'Bearer'"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unmatched_request_names_the_nearest_fixture(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat("helo"))
+    assert response.status == 404
+    error = json.loads(response.body)
+    assert error["code"] == "not_found" and error["status"] == 404
+    assert error["nearest"][0][0] == "chat"
+    assert "query" in error["nearest"][0][1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_json_body_is_invalid_param(replay: RunningReplay) -> None:
+    response = await send(replay, chat(body=b"{not json"))
+    assert response.status == 400
+    error = json.loads(response.body)
+    assert error == {
+        "code": "invalid_param",
+        "message": "Invalid JSON payload received or JSON payload is empty.",
+        "status": 400,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocking_request_gets_the_folded_answer(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat(mode="blocking"))
+    assert response.status == 200
+    assert response.header("content-type") == "application/json"
+    folded = json.loads(response.body)
+    assert folded["answer"] == "你好 😀"
+    assert folded["mode"] == "chat"
+    assert folded["metadata"] == {"usage": {"total_tokens": 7}}
+    assert (folded["task_id"], folded["conversation_id"], folded["message_id"]) == (
+        "t1",
+        "c1",
+        "m1",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_answers_a_file_object_from_the_real_body(replay: RunningReplay) -> None:
+    content = "数据,emoji 😀\n".encode() * 1000
+    boundary = "----difytwBoundary7MA4YWxk"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="user"\r\n\r\nu1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="notes.csv"\r\n'
+            f"Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = [
+        ("Authorization", f"Bearer {TEST_KEY}"),
+        ("Content-Type", f"multipart/form-data; boundary={boundary}"),
+    ]
+    response = await send(
+        replay, build_request("POST", "/v1/files/upload", headers=headers, body=body)
+    )
+    assert response.status == 201, response.body
+    obj = json.loads(response.body)
+    assert (obj["name"], obj["size"], obj["extension"], obj["mime_type"]) == (
+        "notes.csv",
+        len(content),
+        "csv",
+        "text/csv",
+    )
+    assert list(obj)[:7] == [
+        "id",
+        "name",
+        "size",
+        "extension",
+        "mime_type",
+        "created_by",
+        "created_at",
+    ]
+    again = json.loads(
+        (
+            await send(
+                replay, build_request("POST", "/v1/files/upload", headers=headers, body=body)
+            )
+        ).body
+    )
+    assert again["id"] == obj["id"], "the same upload gets the same id"
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_without_a_file_part(replay: RunningReplay) -> None:
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="user"\r\n\r\nu1\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    headers = [
+        ("Authorization", f"Bearer {TEST_KEY}"),
+        ("Content-Type", f"multipart/form-data; boundary={boundary}"),
+    ]
+    response = await send(
+        replay, build_request("POST", "/v1/files/upload", headers=headers, body=body)
+    )
+    assert response.status == 400
+    assert json.loads(response.body)["code"] == "no_file_uploaded"
+
+
+@pytest_twisted.ensureDeferred
+async def test_journal_over_http(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    await send(replay, chat())
+    response = await send(replay, build_request("GET", "/_replay/journal"))
+    [entry] = json.loads(response.body)
+    assert entry["fixture"] == "chat" and entry["outcome"] == "completed"
+    assert entry["path"] == "/v1/chat-messages"
+    assert len(entry["body_sha256"]) == 64
+    response = await send(replay, build_request("DELETE", "/_replay/journal"))
+    assert response.status == 204
+    assert replay.journal.entries == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("cut-after=1", CHAT_FRAMES[0]),
+        ("cut-after=2", b"".join(CHAT_FRAMES[:2])),
+        ("crlf", b"".join(CHAT_FRAMES).replace(b"\n", b"\r\n")),
+        ("no-final-blank-line", b"".join(CHAT_FRAMES)[:-1]),
+        ("split-utf8", b"".join(CHAT_FRAMES)),
+        ("drip=16/0", b"".join(CHAT_FRAMES)),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_body_faults_over_the_wire(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path, fault: str, expected: bytes
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat(fault=fault))
+    assert response.complete
+    assert response.body == expected
+    assert replay.journal.entries[0].fault == fault
+    if fault.startswith("drip"):
+        assert max(len(data) for _, data in response.chunks) <= 16
+    if fault == "split-utf8":
+        with pytest.raises(UnicodeDecodeError):
+            response.chunks[0][1].decode("utf-8")
+
+
+@pytest_twisted.ensureDeferred
+async def test_reset_after_aborts_the_connection(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat(fault="reset-after=1"))
+    assert not response.complete
+    assert response.body == CHAT_FRAMES[0]
+    assert replay.journal.entries[0].outcome == "reset"
+
+
+@pytest_twisted.ensureDeferred
+async def test_recorded_reset(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat("reset please"))
+    assert not response.complete
+    assert response.body == b"".join(CHAT_FRAMES[:2])
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_fault_is_a_dify_error_before_the_stream(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    response = await send(replay, chat(fault="status=429"))
+    assert response.status == 429
+    error = json.loads(response.body)
+    assert (error["code"], error["status"]) == ("too_many_requests", 429)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_fault_spec(replay: RunningReplay) -> None:
+    response = await send(replay, chat(fault="explode"))
+    assert response.status == 400
+    assert "unknown fault 'explode'" in json.loads(response.body)["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stall_and_ping_every(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir, speed=1.0)
+    response = await send(replay, chat(fault="stall=0.6@1, ping-every=0.25"))
+    assert response.complete
+    times = [t for t, _ in response.chunks]
+    data = [d for _, d in response.chunks]
+    first = data.index(CHAT_FRAMES[0])
+    after = data.index(CHAT_FRAMES[2])
+    assert times[after] - times[first] > 0.8  # 0.6 s recorded + 0.6 s stall
+    assert data.count(b"event: ping\n\n") >= 2  # recorded one plus injected ones
+    assert response.body.replace(b"event: ping\n\n", b"") == b"".join(CHAT_FRAMES).replace(
+        b"event: ping\n\n", b""
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_fault_by_query_parameter(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    request = chat(path="/v1/chat-messages?replay_fault=cut-after%3D1")
+    response = await send(replay, request)
+    assert response.body == CHAT_FRAMES[0]
+    assert replay.journal.entries[0].fixture == "chat"
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_cancels_every_pending_write(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    clock = Clock()
+    replay = start_replay(fixture_dir, speed=1.0, clock=clock)
+    client, done = fetch(reactor, replay.port, chat())
+    for _ in range(100):
+        await deferLater(reactor, 0.01, lambda: None)
+        if clock.getDelayedCalls():
+            break
+    clock.advance(0.025)  # head and the first chunk are due
+    for _ in range(100):
+        await deferLater(reactor, 0.01, lambda: None)
+        if client.response.chunks:
+            break
+    assert client.response.chunks[0][1] == CHAT_FRAMES[0]
+    assert clock.getDelayedCalls(), "the next write is pending"
+    assert client.transport is not None
+    client.transport.loseConnection()
+    await done
+    entry = await _ended(replay)
+    assert entry.outcome == "client_closed"
+    assert entry.closed_at_byte == len(CHAT_FRAMES[0])
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_recorded_timeout_stalls_until_the_client_leaves(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    client, done = fetch(reactor, replay.port, chat("stall please"))
+    await deferLater(reactor, 0.3, lambda: None)
+    assert client.response.body == CHAT_FRAMES[0]
+    assert not client.response.complete
+    assert client.transport is not None
+    client.transport.loseConnection()
+    await done
+    entry = await _ended(replay)
+    assert entry.outcome == "client_closed"
+
+
+async def _ended(replay: RunningReplay) -> Any:
+    for _ in range(200):
+        entry = replay.journal.entries[-1]
+        if entry.ended_at is not None:
+            return entry
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the journal never saw the end")
+
+
+@pytest_twisted.ensureDeferred
+async def test_readme_curl_against_the_shipped_fixtures(replay: RunningReplay) -> None:
+    body = json.dumps(
+        {"query": "hello", "inputs": {}, "response_mode": "streaming", "user": "u1"}
+    ).encode()
+    headers = [("Authorization", f"Bearer {TEST_KEY}"), ("Content-Type", "application/json")]
+    response = await send(
+        replay, build_request("POST", "/v1/chat-messages", headers=headers, body=body)
+    )
+    assert response.status == 200
+    assert response.header(
+        "content-type",
+    ).startswith("text/event-stream")  # type: ignore[union-attr]
+    assert b'"event":"message_end"' in response.body or b'"event": "message_end"' in response.body
