@@ -1,0 +1,173 @@
+"""Moving one upstream response body to the client, with backpressure.
+
+``BodyRelay`` is both ends of the pipe: the ``Protocol`` that treq's response delivers
+body bytes to (``response.deliverBody(relay)``), and the ``IPushProducer`` registered
+with the client's request (``request.registerProducer(relay, True)``).  Each upstream
+read becomes exactly one ``write`` of the same bytes object: no buffer, no re-framing, so
+an SSE event leaves as soon as Dify sends it (dify-contract.md section 9.1-9.2).  When
+the client's socket is full, Twisted pauses the relay, which pauses the upstream socket,
+so a slow reader holds kernel buffers only.
+
+The relay decides nothing about HTTP: it reports how the body ended (``done``) and the
+proxy turns that into a finish, a final error frame or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
+
+_log = Logger()
+
+BodyObserver = Callable[[bytes], object]
+
+
+class RelayEnd(enum.Enum):
+    """How a relayed body ended; the value is the access log's ``outcome``."""
+
+    COMPLETED = "completed"
+    UPSTREAM_DISCONNECTED = "upstream_disconnected"
+    IDLE_TIMEOUT = "upstream_idle_timeout"
+    CLIENT_GONE = "client_closed"
+
+
+def _discard(data: bytes) -> None:
+    """Stands in for the client write once the relay has ended."""
+
+
+@implementer(IPushProducer)
+class BodyRelay(Protocol):
+    """Relays body bytes from upstream to ``write``; see the module docstring.
+
+    ``idle_timeout`` (seconds, or None for none) ends the relay when upstream sends
+    nothing for that long while the client is keeping up; time spent paused by a slow
+    client does not count.  ``observer``, when given, sees every chunk after it was
+    written: the hook for side-parsing a stream (e.g. for ``task_id``) without delaying it.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[bytes], object],
+        *,
+        clock: IReactorTime,
+        idle_timeout: float | None,
+        observer: BodyObserver | None = None,
+    ) -> None:
+        self.done: Deferred[RelayEnd] = Deferred(self._cancelled)
+        self.ended: RelayEnd | None = None
+        self._write = write
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._idle_seconds = idle_timeout or 0.0  # what reset() needs, without a None check
+        self._observer = observer
+        self._idle: IDelayedCall | None = None
+        self._upstream: IPushProducer | None = None
+        self._paused = False
+
+    # -- Protocol: the upstream side ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # treq hands the body protocol a TransportProxyProducer: pausing it stops reading
+        # the upstream socket, stopping it closes that connection.
+        self._upstream = IPushProducer(self.transport)
+        if self.ended is not None:
+            self._stop_upstream()
+        elif self._paused:
+            assert self._upstream is not None
+            self._upstream.pauseProducing()
+        else:
+            self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._write(data)
+        observer = self._observer
+        if observer is not None:
+            try:
+                observer(data)
+            except Exception:
+                # A broken side-parser must never break the stream it watches.
+                _log.failure("body observer failed; detaching it")
+                self._observer = None
+        # Read after the write: the write may have paused us, which drops the timer.
+        idle = self._idle
+        if idle is not None:
+            idle.reset(self._idle_seconds)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.ended is not None:
+            return
+        # PotentialDataLoss is how a body without Content-Length or chunking ends: by
+        # close.  Anything else (short Content-Length, broken chunking, reset) is a cut.
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._end(RelayEnd.COMPLETED, stop_upstream=False)
+        else:
+            self._end(RelayEnd.UPSTREAM_DISCONNECTED, stop_upstream=False)
+
+    # -- IPushProducer: the client side ---------------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self.ended is not None or self._paused:
+            return
+        self._paused = True
+        self._disarm()
+        if self._upstream is not None:
+            self._upstream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.ended is not None or not self._paused:
+            return
+        self._paused = False
+        if self._upstream is not None:
+            self._upstream.resumeProducing()
+            self._arm()
+
+    def stopProducing(self) -> None:
+        """The client went away: close upstream now (spec item 6)."""
+        self._end(RelayEnd.CLIENT_GONE, stop_upstream=True)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _cancelled(self, done: Deferred[RelayEnd]) -> None:
+        # Whoever awaited the relay gave up (klein cancels a handler whose client left).
+        self._end(RelayEnd.CLIENT_GONE, stop_upstream=True)
+
+    def _arm(self) -> None:
+        if self._idle_timeout is not None and self._idle is None:
+            self._idle = self._clock.callLater(self._idle_timeout, self._idle_expired)
+
+    def _disarm(self) -> None:
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.active():
+            idle.cancel()
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        self._end(RelayEnd.IDLE_TIMEOUT, stop_upstream=True)
+
+    def _stop_upstream(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.stopProducing()
+
+    def _end(self, outcome: RelayEnd, *, stop_upstream: bool) -> None:
+        if self.ended is not None:
+            return
+        self.ended = outcome
+        # Bytes the upstream parser still holds after this point have nowhere to go.
+        self._write = _discard
+        self._observer = None
+        self._disarm()
+        if stop_upstream:
+            self._stop_upstream()
+        else:
+            self._upstream = None
+        self.done.callback(outcome)
