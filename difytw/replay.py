@@ -18,34 +18,31 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
-import struct
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from zope.interface import implementer
 
 from difytw import blocking, uploads
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
-from difytw.faults import FAULT_HEADER, FAULT_QUERY_PARAM, FaultError, Faults, Plan, plan_writes
-from difytw.fixture import Fixture
+from difytw.faults import FAULT_HEADER, FAULT_QUERY_PARAM, FaultError, Faults, plan_writes
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch
 from difytw.journal import Journal, JournalEntry, allowed_headers
+from difytw.playback import Playback
 
 log = Logger()
 
 # Routes that take `response_mode` (dify-contract.md 1.2); Dify streams only
 # when the value is exactly "streaming", so absent means blocking.
 MODE_ROUTES = ("/chat-messages", "/completion-messages", "/workflows/run")
-# Recorded headers that describe the recorded connection, not the exchange.
-CONNECTION_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+# The three stop endpoints (dify-contract.md 1.2 and 4).
+STOP_ROUTE = re.compile(
+    r"^/v1/(?:chat-messages|completion-messages|workflows/tasks)/(?P<task>[^/]+)/stop$"
 )
 # Statuses a `status=CODE` fault answers with, as Dify names them (section 3).
 FAULT_CODES = {
@@ -80,7 +77,8 @@ class ReplayApp:
         self.speed = speed
         self.api_key = api_key
         self.journal = journal if journal is not None else Journal()
-        self.playbacks: dict[str, Playback] = {}
+        # Streams in flight by task id, so a stop call can find them.
+        self.playbacks: dict[str, list[Playback]] = {}
 
     def resource(self) -> IResource:
         resource: IResource = self.app.resource()
@@ -137,6 +135,9 @@ class ReplayApp:
         body = request.content.read() if length <= 1 << 20 else b""
         request.content.seek(0)
         payload = _json_body(content_type, body)
+        stop = STOP_ROUTE.match(path)
+        if stop is not None and request.method == b"POST":
+            return self._stop(request, entry, stop.group("task"), payload)
         incoming = Incoming(request.method.decode("latin-1"), path, query, payload, body)
         try:
             fixture = self.index.match(incoming)
@@ -162,8 +163,37 @@ class ReplayApp:
             speed=self.speed,
             faults=faults,
         )
-        playback = Playback(request, fixture, plan, self.clock, entry, self.journal)
+        user = payload.get("user") if isinstance(payload, dict) else None
+        playback = Playback(
+            request, fixture, plan, self.clock, entry, self.journal, user=_text(user)
+        )
+        if playback.task_id is not None:
+            running = self.playbacks.setdefault(playback.task_id, [])
+            running.append(playback)
+            playback.on_end.append(self._forget)
         return playback.start()
+
+    def _forget(self, playback: Playback) -> None:
+        assert playback.task_id is not None
+        running = self.playbacks.get(playback.task_id, [])
+        if playback in running:
+            running.remove(playback)
+        if not running:
+            self.playbacks.pop(playback.task_id, None)
+
+    def _stop(self, request: IRequest, entry: JournalEntry, task_id: str, payload: Any) -> bytes:
+        # Dify: `user` is required; a stop for an unknown task or another
+        # user's task is silently a no-op that still answers success
+        # (dify-contract.md 4), so only the journal tells the difference.
+        user = payload.get("user") if isinstance(payload, dict) else None
+        if not isinstance(user, str) or not user:
+            raise DifyError(400, "invalid_param", "Arg user must be provided.")
+        stopped = [
+            p.entry.id for p in list(self.playbacks.get(task_id, [])) if p.user == user and p.stop()
+        ]
+        entry.stop = {"task_id": task_id, "user": user, "stopped": stopped}
+        body = json.dumps({"result": "success"}).encode()
+        return self._send_json(request, entry, 200, body)
 
     def _check_key(self, request: IRequest) -> str:
         if self.api_key is None:
@@ -236,143 +266,11 @@ def _json_body(content_type: bytes, body: bytes) -> Any:
         raise DifyError(400, "invalid_param", message) from None
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _wants_blocking(path: str, payload: Any) -> bool:
     if not isinstance(payload, dict) or not path.endswith(MODE_ROUTES):
         return False
     return payload.get("response_mode") != "streaming"
-
-
-def _reset(transport: Any) -> None:
-    """End with a TCP RST, but only after the bytes already written are sent.
-
-    ``abortConnection`` would discard Twisted's write buffer, losing the last
-    chunks the fixture recorded before the reset; SO_LINGER 0 makes the close
-    that follows the flush a reset instead of a FIN.
-    """
-    try:
-        transport.getHandle().setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-        )
-    except (AttributeError, OSError):
-        transport.abortConnection()
-        return
-    transport.loseConnection()
-
-
-@implementer(IPushProducer)
-class Playback:
-    """Writes one ``Plan`` to one request, honouring the client's backpressure."""
-
-    def __init__(
-        self,
-        request: IRequest,
-        fixture: Fixture,
-        plan: Plan,
-        clock: IReactorTime,
-        entry: JournalEntry,
-        journal: Journal,
-    ) -> None:
-        self.request = request
-        self.fixture = fixture
-        self.plan = plan
-        self.clock = clock
-        self.entry = entry
-        self.journal = journal
-        self.started = clock.seconds()
-        self.position = 0  # index of the next write
-        self.head_sent = False
-        self.paused = False
-        self.pending: IDelayedCall | None = None
-        self.shift = 0.0  # seconds lost to backpressure pauses
-        self.paused_at = 0.0
-        self.done: Deferred[bytes] = Deferred(self._cancel)
-
-    def start(self) -> Deferred[bytes]:
-        response = self.fixture.response
-        self.request.setResponseCode(response.status)
-        for name, value in response.headers:
-            if name.lower() not in CONNECTION_HEADERS:
-                self.request.responseHeaders.addRawHeader(name, value)
-        if not response.is_stream and self.plan.end == "eof" and not self.entry.fault:
-            size = sum(len(w.data) for w in self.plan.writes)
-            self.request.setHeader(b"Content-Length", str(size).encode())
-        self.entry.status = response.status
-        self.request.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._step()
-        return self.done
-
-    def _due(self, at: float) -> float:
-        return max(0.0, self.started + self.shift + at - self.clock.seconds())
-
-    def _step(self) -> None:
-        self.pending = None
-        if self.paused:
-            return
-        writes = self.plan.writes
-        if not self.head_sent:
-            delay = self._due(self.plan.head_at)
-            if delay > 0:
-                self.pending = self.clock.callLater(delay, self._step)
-                return
-            self.head_sent = True
-            self.request.write(b"")  # the status line and headers, now
-        while self.position < len(writes):
-            write = writes[self.position]
-            delay = self._due(write.at)
-            if delay > 0:
-                self.pending = self.clock.callLater(delay, self._step)
-                return
-            self.position += 1
-            self.request.write(write.data)
-            self.entry.bytes_sent += len(write.data)
-            if self.paused or self.done.called:
-                return
-        self._end()
-
-    def _end(self) -> None:
-        how = self.plan.end
-        if how == "timeout":
-            # A recorded stall: keep the connection open until the client leaves.
-            self.entry.outcome = "timeout"
-            return
-        delay = self._due(self.plan.end_at)
-        if delay > 0:
-            self.pending = self.clock.callLater(delay, self._end)
-            return
-        self.pending = None
-        self.request.unregisterProducer()  # type: ignore[attr-defined]
-        if how == "reset":
-            self.journal.close(self.entry, "reset", self.clock.seconds())
-            _reset(self.request.transport)  # type: ignore[attr-defined]
-            return
-        self.journal.close(self.entry, "completed", self.clock.seconds())
-        self.done.callback(b"")
-
-    def _cancel(self, _: Deferred[bytes]) -> None:
-        # The client left (klein cancels the endpoint's Deferred).
-        if self.pending is not None and self.pending.active():
-            self.pending.cancel()
-        self.pending = None
-        self.journal.close(self.entry, "client_closed", self.clock.seconds())
-
-    # IPushProducer: a slow client pauses the replay instead of piling bytes up.
-    def pauseProducing(self) -> None:
-        if self.paused:
-            return
-        self.paused = True
-        self.paused_at = self.clock.seconds()
-        if self.pending is not None and self.pending.active():
-            self.pending.cancel()
-        self.pending = None
-
-    def resumeProducing(self) -> None:
-        if not self.paused or self.done.called:
-            return
-        self.paused = False
-        self.shift += self.clock.seconds() - self.paused_at
-        self.pending = self.clock.callLater(0, self._step)
-
-    def stopProducing(self) -> None:
-        if self.pending is not None and self.pending.active():
-            self.pending.cancel()
-        self.pending = None

@@ -64,9 +64,19 @@ def write_fixture(
     )
 
 
+WORKFLOW_FRAMES = [
+    b'data: {"event":"workflow_started","workflow_run_id":"r1","task_id":"t2",'
+    b'"data":{"id":"r1","workflow_id":"w1","created_at":1}}\n\n',
+    b'data: {"event":"text_chunk","workflow_run_id":"r1","task_id":"t2","data":{"text":"a"}}\n\n',
+    b'data: {"event":"workflow_finished","workflow_run_id":"r1","task_id":"t2",'
+    b'"data":{"id":"r1","workflow_id":"w1","status":"succeeded","outputs":{}}}\n\n',
+]
+
+
 @pytest.fixture
 def fixture_dir(tmp_path: Path) -> Path:
     write_fixture(tmp_path, "chat", "hello", CHAT_FRAMES)
+    write_fixture(tmp_path, "workflow", "run the workflow", WORKFLOW_FRAMES)
     write_fixture(tmp_path, "stalls", "stall please", CHAT_FRAMES[:1], how="timeout")
     write_fixture(tmp_path, "resets", "reset please", CHAT_FRAMES[:2], how="reset")
     return tmp_path
@@ -443,3 +453,74 @@ async def test_readme_curl_against_the_shipped_fixtures(replay: RunningReplay) -
         "content-type",
     ).startswith("text/event-stream")  # type: ignore[union-attr]
     assert b'"event":"message_end"' in response.body or b'"event": "message_end"' in response.body
+
+
+def stop_call(task_id: str, user: str | None, kind: str = "chat-messages") -> bytes:
+    body = json.dumps({} if user is None else {"user": user}).encode()
+    headers = [("Authorization", f"Bearer {TEST_KEY}"), ("Content-Type", "application/json")]
+    return build_request("POST", f"/v1/{kind}/{task_id}/stop", headers=headers, body=body)
+
+
+async def first_chunk(client: Any) -> None:
+    for _ in range(300):
+        if client.response.chunks:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("no chunk arrived")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_a_chat_stream_like_dify(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir, speed=1.0)
+    client, done = fetch(reactor, replay.port, chat())
+    await first_chunk(client)
+    answer = await send(replay, stop_call("t1", "someone"))
+    assert (answer.status, json.loads(answer.body)) == (200, {"result": "success"})
+    response = await done
+    assert response.complete
+    assert response.body.startswith(CHAT_FRAMES[0])
+    last = json.loads(response.chunks[-1][1].removeprefix(b"data: "))
+    assert last["event"] == "message_end" and last["task_id"] == "t1"
+    stream, stop = replay.journal.entries
+    assert stream.outcome == "stopped"
+    assert stop.stop == {"task_id": "t1", "user": "someone", "stopped": [stream.id]}
+    assert replay.app.playbacks == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_a_workflow_with_status_stopped(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir, speed=1.0)
+    client, done = fetch(reactor, replay.port, chat("run the workflow"))
+    await first_chunk(client)
+    await send(replay, stop_call("t2", "someone", "workflows/tasks"))
+    response = await done
+    last = json.loads(response.chunks[-1][1].removeprefix(b"data: "))
+    assert last["event"] == "workflow_finished"
+    assert last["data"]["status"] == "stopped"
+    assert last["workflow_run_id"] == "r1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_for_another_user_is_a_silent_no_op(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir, speed=4.0)
+    client, done = fetch(reactor, replay.port, chat())
+    await first_chunk(client)
+    answer = await send(replay, stop_call("t1", "intruder"))
+    assert (answer.status, json.loads(answer.body)) == (200, {"result": "success"})
+    response = await done
+    assert response.body == b"".join(CHAT_FRAMES)
+    assert replay.journal.entries[0].outcome == "completed"
+    assert replay.journal.entries[1].stop["stopped"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_needs_a_user(replay: RunningReplay) -> None:
+    answer = await send(replay, stop_call("t1", None))
+    assert answer.status == 400
+    assert json.loads(answer.body)["message"] == "Arg user must be provided."
