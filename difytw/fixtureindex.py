@@ -93,9 +93,10 @@ class FixtureIndex:
         scored = []
         for position, fixture in enumerate(self.fixtures):
             diffs = differences(fixture, incoming)
-            # Another route is further away than any number of body differences.
-            off_route = diffs[0].startswith(("method ", "path "))
-            scored.append(((off_route, len(diffs), position), fixture.id, diffs))
+            # Another method, then another path, is further away than any body difference.
+            head = diffs[0] if diffs else ""
+            distance = 2 if head.startswith("path ") else 1 if head.startswith("method ") else 0
+            scored.append(((distance, len(diffs), position), fixture.id, diffs))
         scored.sort(key=lambda item: item[0])
         return [(fixture_id, "; ".join(diffs[:3])) for _, fixture_id, diffs in scored[:limit]]
 
