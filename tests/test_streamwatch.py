@@ -1,0 +1,92 @@
+"""The side-parser that learns task ids and the terminal event, in memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from difytw.fixture import load
+from difytw.streamwatch import StreamWatch
+from tests.conftest import FIXTURES
+
+STREAMS = sorted(p for p in FIXTURES.glob("*.jsonl") if load(p).response.is_stream)
+
+
+def summary(watch: StreamWatch) -> tuple[object, ...]:
+    return (
+        dict(watch.ids),
+        watch.terminal,
+        watch.usage,
+        watch.events,
+        watch.pings,
+        watch.error,
+        watch.workflow_status,
+        watch.total_tokens,
+    )
+
+
+@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
+def test_every_split_point_sees_the_same_stream(path: Path) -> None:
+    body = load(path).body()
+    whole = StreamWatch()
+    whole.feed(body)
+    step = max(1, len(body) // 150)  # every split point of small bodies, a dense sample of big
+    for cut in range(0, len(body) + 1, step):
+        watch = StreamWatch()
+        watch.feed(body[:cut])
+        watch.feed(body[cut:])
+        assert summary(watch) == summary(whole), cut
+
+
+@pytest.mark.parametrize("path", STREAMS, ids=lambda p: p.stem)
+def test_recorded_chunks_reach_the_terminal_event(path: Path) -> None:
+    fixture = load(path)
+    watch = StreamWatch()
+    for chunk in fixture.chunks:
+        watch.feed(chunk.data)
+    frames = [
+        json.loads(line[6:])
+        for line in fixture.body().decode().split("\n")
+        if line.startswith("data: ")
+    ]
+    names = [f.get("event") for f in frames]
+    task_ids = [f["task_id"] for f in frames if "task_id" in f]
+    assert watch.task_id == (task_ids[0] if task_ids else None)
+    if "error" in names:
+        assert watch.terminal == "error"
+        assert watch.error is not None and watch.error["code"]
+    elif "workflow_started" in names:
+        assert watch.terminal == "workflow_finished"
+    elif "message_end" in names:
+        assert watch.terminal == "message_end"
+
+
+def frame(**fields: object) -> bytes:
+    return b"data: " + json.dumps(fields).encode() + b"\n\n"
+
+
+def test_chatflow_is_not_over_at_message_end() -> None:
+    watch = StreamWatch()
+    watch.feed(frame(event="workflow_started", task_id="t", workflow_run_id="r", data={}))
+    watch.feed(frame(event="message_end", task_id="t", metadata={"usage": {"total_tokens": 9}}))
+    assert not watch.finished and watch.usage == {"total_tokens": 9}
+    watch.feed(frame(event="workflow_finished", task_id="t", data={"status": "succeeded"}))
+    assert watch.terminal == "workflow_finished" and watch.workflow_status == "succeeded"
+    assert watch.ids == {"task_id": "t", "workflow_run_id": "r"}
+
+
+def test_oversized_frame_stops_watching_not_the_stream() -> None:
+    watch = StreamWatch(max_event_size=64)
+    watch.feed(frame(event="message", task_id="t", answer="x" * 200))
+    assert watch.broken and "64" in watch.broken
+    watch.feed(frame(event="message_end", task_id="t"))  # ignored, no exception
+    assert not watch.finished
+
+
+def test_non_json_and_pings_are_tolerated() -> None:
+    watch = StreamWatch()
+    watch.feed(b"event: ping\n\ndata: [DONE]\n\n: comment\n\n")
+    watch.feed(frame(event="message", task_id="t1", answer="a"))
+    assert watch.pings == 1 and watch.events == 2 and watch.task_id == "t1"
