@@ -66,7 +66,11 @@ class FixtureIndex:
     @classmethod
     def from_directory(cls, path: str | os.PathLike[str]) -> FixtureIndex:
         """Every ``*.jsonl`` in ``path``, in file-name order; FixtureError on a bad file."""
-        return cls(load(file) for file in sorted(Path(path).glob("*.jsonl")))
+        directory = Path(path)
+        if not directory.is_dir():
+            # A mistyped --fixtures would otherwise serve an empty index and 404 everything.
+            raise NotADirectoryError(f"not a fixture directory: {os.fspath(path)}")
+        return cls(load(file) for file in sorted(directory.glob("*.jsonl")))
 
     @classmethod
     def from_fixtures(cls, fixtures: Iterable[Fixture]) -> FixtureIndex:

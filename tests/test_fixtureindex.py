@@ -346,6 +346,8 @@ def test_from_directory_loads_jsonl_sorted(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_text("{}\n", encoding="utf-8")
     with pytest.raises(FixtureError, match=r"c\.jsonl:1: record has no 'type'"):
         FixtureIndex.from_directory(tmp_path)
+    with pytest.raises(NotADirectoryError, match="not a fixture directory"):
+        FixtureIndex.from_directory(tmp_path / "missing")
 
 
 # -- hypothesis ---------------------------------------------------------------------------------
