@@ -147,6 +147,12 @@ def client_response_headers(
             continue
         if stream and lower in (b"content-length", b"cache-control", b"x-accel-buffering"):
             continue
+        if lower == b"content-encoding":
+            # Twisted's ContentDecoderAgent (always under treq) sets an empty
+            # Content-Encoding on answers that had none; an empty coding means nothing.
+            values = [value for value in values if value.strip()]
+            if not values:
+                continue
         out.append((name, list(values)))
     if stream:
         out.append((b"Cache-Control", [b"no-cache"]))

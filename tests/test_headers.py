@@ -174,3 +174,10 @@ def test_non_stream_answer_keeps_length_and_cache_control() -> None:
     assert out[b"cache-control"] == [b"private"]
     assert b"x-accel-buffering" not in out
     assert b"transfer-encoding" not in out and b"x-hop" not in out
+
+
+def test_empty_content_encoding_is_dropped_real_one_kept() -> None:
+    out = as_dict(client_response_headers([(b"Content-Encoding", [b""])], stream=False))
+    assert b"content-encoding" not in out
+    out = as_dict(client_response_headers([(b"Content-Encoding", [b"gzip"])], stream=False))
+    assert out[b"content-encoding"] == [b"gzip"]

@@ -1,0 +1,396 @@
+"""The difyproxy klein application: Dify's API behind your server, key injected, streamed.
+
+Per request: the raw target is vetted before any router sees it (``uri``), the headers are
+filtered both ways (``headers``), the body goes upstream from Twisted's spool through a
+``FileBodyProducer`` (no parse, no second copy), and the answer's body is relayed read by
+read (``relay.BodyRelay``) with the upstream socket as the client's producer.  Everything
+that can go wrong has its own Dify-shaped answer (spec item 7): 502
+``upstream_unavailable`` when upstream cannot be reached, 504 ``upstream_timeout`` when no
+response head comes in time, and once a stream has started, a final ``error`` frame
+(``upstream_idle_timeout`` / ``upstream_disconnected``) because the status line is gone
+(dify-contract.md section 9.13).
+
+The reactor, clock and HTTP client are parameters; nothing here imports the global reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from http.cookiejar import Cookie, CookiePolicy
+from typing import Any, cast
+
+from cryptography import x509
+from klein import Klein
+from OpenSSL.crypto import X509
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgent,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IRequest,
+    IResponse,
+)
+from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
+
+from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
+from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
+from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
+from difytw.relay import BodyObserver, BodyRelay, RelayEnd
+from difytw.uri import RequestTarget, UpstreamRoute
+
+_log = Logger()
+
+HEALTHZ = b"/healthz"
+# Idle pooled upstream connections kept per host; more are opened when streams overlap.
+POOL_IDLE_PER_HOST = 32
+# Statuses whose responses carry no body, so no Content-Length (RFC 9110 section 8.6).
+_BODYLESS = frozenset({204, 304})
+
+ObserverFactory = Callable[[ProxyExchange, bool], BodyObserver | None]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """What ``twist difyproxy`` was told; the key is kept out of ``repr``."""
+
+    upstream: str
+    api_key: str = field(repr=False)
+    prefix: str = "/dify"
+    max_body: int = 100 * 1024 * 1024
+    header_timeout: float = 60.0
+    idle_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    ca_bundle: str | None = None  # PEM file of private CA certificates for https upstreams
+
+
+@implementer(IAgent)
+class IdentityEncodingAgent:
+    """Asks upstream for unencoded bodies.
+
+    treq always wraps its agent in ``ContentDecoderAgent(gzip)``, which advertises gzip
+    and inflates gzip answers.  A relay must pass bytes and Content-Length untouched, so
+    this agent, below treq's, replaces the advertisement with ``identity``.
+    """
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        headers = Headers() if headers is None else headers.copy()
+        headers.setRawHeaders(b"Accept-Encoding", [b"identity"])
+        return self._agent.request(method, uri, headers, bodyProducer)
+
+
+class NoCookies(CookiePolicy):
+    """treq's client keeps one cookie jar; a shared proxy must never carry one client's
+    upstream cookies into another client's request, so the jar accepts and returns none."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
+def tls_policy(ca_bundle: str | None) -> IPolicyForHTTPS:
+    """Verify upstream certificates against the system roots, or only ``ca_bundle``'s."""
+    if ca_bundle is None:
+        return BrowserLikePolicyForHTTPS()
+    with open(ca_bundle, "rb") as pem:
+        certificates = x509.load_pem_x509_certificates(pem.read())
+    return BrowserLikePolicyForHTTPS(
+        trustRoot=trustRootFromCertificates(
+            [Certificate(X509.from_cryptography(cert)) for cert in certificates]
+        )
+    )
+
+
+def upstream_client(
+    reactor: Any, pool: HTTPConnectionPool, *, connect_timeout: float, tls: IPolicyForHTTPS
+) -> HTTPClient:
+    """treq client for upstream: pooled, no redirects followed, no cookies kept."""
+    agent = Agent(reactor, contextFactory=tls, connectTimeout=connect_timeout, pool=pool)
+    return HTTPClient(
+        IdentityEncodingAgent(agent), cookiejar=IndexableCookieJar(policy=NoCookies())
+    )
+
+
+def answer_error(request: ProxyExchange, error: DifyError) -> bytes:
+    """Dify's JSON error body, as the complete answer to ``request``."""
+    body = error.body()
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [JSON_CONTENT_TYPE])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    request.head_at = request.clock.seconds()
+    request.outcome = error.code
+    return body
+
+
+class TargetGate(Resource):
+    """Refuses unsafe request-targets before klein (werkzeug) decodes or redirects them."""
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            RequestTarget.parse(request.uri)
+        except DifyError as error:
+            return answer_error(cast(ProxyExchange, request), error)
+        return self._inner.render(request)
+
+
+class ProxyApp:
+    """The klein app of ``twist difyproxy``; ``site()`` is what to listen with."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        reactor: Any,
+        clock: IReactorTime | None = None,
+        client: HTTPClient | None = None,
+        cooperator: Cooperator | None = None,
+        observe: ObserverFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.route = UpstreamRoute(config.prefix, config.upstream)
+        self._key = config.api_key.encode("ascii")
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = POOL_IDLE_PER_HOST
+        self._client = (
+            client
+            if client is not None
+            else upstream_client(
+                reactor,
+                self._pool,
+                connect_timeout=config.connect_timeout,
+                tls=tls_policy(config.ca_bundle),
+            )
+        )
+        # Request bodies are fed upstream in slices by a cooperator on *this* reactor.
+        self._cooperator = (
+            cooperator
+            if cooperator is not None
+            else Cooperator(scheduler=partial(reactor.callLater, 0))
+        )
+        self._observe = observe
+
+    def close(self) -> Deferred[None]:
+        """Close idle pooled upstream connections (at service stop)."""
+        closing: Deferred[None] = self._pool.closeCachedConnections()
+        return closing
+
+    def resource(self) -> IResource:
+        return TargetGate(self.app.resource())
+
+    def site(self) -> ProxySite:
+        factory = ProxyRequestFactory(clock=self._clock, max_body=self.config.max_body)
+        return ProxySite(  # type: ignore[no-untyped-call]
+            self.resource(), requestFactory=factory, reactor=self._reactor
+        )
+
+    @app.handle_errors(DifyError)
+    def _dify_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, DifyError)
+        return answer_error(cast(ProxyExchange, request), error)
+
+    @app.route("/", branch=True)
+    async def _dispatch(self, irequest: IRequest) -> bytes | None:
+        request = cast(ProxyExchange, irequest)  # served by site(): a ProxyRequest
+        target = RequestTarget.parse(request.uri)  # cheap; TargetGate already vetted it
+        if target.path == HEALTHZ:
+            return self._healthz(request)
+        url = self.route.url_for(target)
+        if url is None:
+            # Werkzeug's NotFound text, which is what Dify itself answers for unknown routes.
+            raise DifyError(
+                404,
+                "not_found",
+                "The requested URL was not found on the server. If you entered the URL "
+                "manually please check your spelling and try again.",
+            )
+        await self._proxy(request, url)
+        return None
+
+    def _healthz(self, request: ProxyExchange) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            raise DifyError(405, "method_not_allowed", "Use GET for /healthz.")
+        body = b'{"status":"ok"}'
+        request.responseHeaders.setRawHeaders(b"Content-Type", [JSON_CONTENT_TYPE])
+        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        request.head_at = self._clock.seconds()
+        return body
+
+    def _body(self, request: ProxyExchange) -> IBodyProducer | None:
+        content = request.content
+        if content is None:
+            return None
+        content.seek(0, 2)
+        if content.tell() == 0:
+            return None
+        content.seek(0)
+        return FileBodyProducer(content, cooperator=self._cooperator)
+
+    async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
+        address = getattr(request.getClientAddress(), "host", None)
+        headers = Headers()
+        for name, values in upstream_request_headers(
+            request.requestHeaders.getAllRawHeaders(),
+            api_key=self._key,
+            client_address=address.encode("ascii") if isinstance(address, str) else None,
+            scheme=b"https" if request.isSecure() else b"http",
+        ):
+            headers.setRawHeaders(name, values)
+
+        sending = self._client.request(
+            request.method.decode("ascii"),
+            url,
+            headers=headers,
+            data=self._body(request),
+            allow_redirects=False,  # a redirect is the client's business, with its own URL
+            unbuffered=True,
+        )
+        relay: BodyRelay | None = None
+        timed_out = False
+        left = False
+
+        def header_timeout() -> None:
+            nonlocal timed_out
+            timed_out = True
+            sending.cancel()
+
+        def client_left(reason: Failure) -> None:
+            nonlocal left
+            left = True
+            if relay is None:
+                sending.cancel()
+            else:
+                relay.stopProducing()  # spec item 6: upstream closes at once
+
+        timer = self._clock.callLater(self.config.header_timeout, header_timeout)
+        request.notifyFinish().addErrback(client_left)
+        try:
+            response = await sending
+        except Exception as error:
+            if left:
+                request.outcome = RelayEnd.CLIENT_GONE.value
+                return
+            if timed_out:
+                raise DifyError(
+                    504,
+                    "upstream_timeout",
+                    f"The upstream Dify API sent no response within "
+                    f"{self.config.header_timeout:g} seconds.",
+                ) from None
+            _log.warn(
+                "upstream unavailable: {kind} for {method} {url}",
+                kind=type(error).__name__,
+                method=request.method.decode("ascii"),
+                url=url.partition(b"?")[0].decode("ascii"),
+                failure=Failure(),
+            )
+            raise DifyError(
+                502,
+                "upstream_unavailable",
+                f"The upstream Dify API could not be reached ({type(error).__name__}).",
+            ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+        stream = is_event_stream(response.headers.getRawHeaders(b"Content-Type"))
+        request.setResponseCode(response.code, response.phrase)
+        request.defaultContentType = None  # never invent a type upstream did not send
+        for name, values in client_response_headers(
+            response.headers.getAllRawHeaders(), stream=stream
+        ):
+            request.responseHeaders.setRawHeaders(name, values)
+        if (
+            not stream
+            and response.length is not UNKNOWN_LENGTH
+            and response.code not in _BODYLESS
+            and request.method != b"HEAD"
+        ):
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        request.write(b"")  # the head goes out now, before the first event
+        request.head_at = self._clock.seconds()
+
+        observer = self._observe(request, stream) if self._observe is not None else None
+        relay = BodyRelay(
+            request.write,
+            clock=self._clock,
+            idle_timeout=self.config.idle_timeout,
+            observer=observer,
+        )
+        request.registerProducer(relay, True)
+        response.deliverBody(relay)
+        end = await relay.done
+        self._finish(request, end, stream)
+
+    def _finish(self, request: ProxyExchange, end: RelayEnd, stream: bool) -> None:
+        request.outcome = end.value
+        if end is RelayEnd.CLIENT_GONE:
+            return  # nothing to say to a client that is gone
+        request.unregisterProducer()
+        if end is RelayEnd.COMPLETED:
+            request.finish()
+        elif stream:
+            # The status line is long gone: Dify's way to fail a started stream is a final
+            # error frame (dify-contract.md section 2.5), then a clean end.
+            if end is RelayEnd.IDLE_TIMEOUT:
+                message = (
+                    f"The upstream Dify API sent nothing for {self.config.idle_timeout:g} seconds."
+                )
+            else:
+                message = "The upstream Dify API closed the stream before it ended."
+            request.write(
+                error_frame(504 if end is RelayEnd.IDLE_TIMEOUT else 502, end.value, message)
+            )
+            request.finish()
+        else:
+            # A non-stream body cut short: a clean end would pass off a truncated body as
+            # whole, so the only honest signal is a dropped connection.
+            request.loseConnection()
