@@ -311,7 +311,8 @@ class ProxyApp:
                 relay.stopProducing()  # spec item 6: upstream closes at once
 
         timer = self._clock.callLater(self.config.header_timeout, header_timeout)
-        request.notifyFinish().addErrback(client_left)
+        # Fires when the exchange is over either way; after client_left it holds None.
+        finished = request.notifyFinish().addErrback(client_left)
         try:
             response = await sending
         except Exception as error:
@@ -368,16 +369,21 @@ class ProxyApp:
         request.registerProducer(relay, True)
         response.deliverBody(relay)
         end = await relay.done
-        self._finish(request, end, stream)
+        if not self._finish(request, end, stream):
+            # klein finishes the request when this handler returns; returning only once
+            # the connection is gone keeps it from ending a cut body cleanly.
+            await finished
 
-    def _finish(self, request: ProxyExchange, end: RelayEnd, stream: bool) -> None:
+    def _finish(self, request: ProxyExchange, end: RelayEnd, stream: bool) -> bool:
+        """End the client's side of the exchange; False while its connection is closing."""
         request.outcome = end.value
         if end is RelayEnd.CLIENT_GONE:
-            return  # nothing to say to a client that is gone
+            return False  # nothing to say to a client that is gone
         request.unregisterProducer()
         if end is RelayEnd.COMPLETED:
             request.finish()
-        elif stream:
+            return True
+        if stream:
             # The status line is long gone: Dify's way to fail a started stream is a final
             # error frame (dify-contract.md section 2.5), then a clean end.
             if end is RelayEnd.IDLE_TIMEOUT:
@@ -390,7 +396,8 @@ class ProxyApp:
                 error_frame(504 if end is RelayEnd.IDLE_TIMEOUT else 502, end.value, message)
             )
             request.finish()
-        else:
-            # A non-stream body cut short: a clean end would pass off a truncated body as
-            # whole, so the only honest signal is a dropped connection.
-            request.loseConnection()
+            return True
+        # A non-stream body cut short: a clean end would pass off a truncated body as
+        # whole, so the only honest signal is a dropped connection.
+        request.loseConnection()
+        return False

@@ -1,0 +1,222 @@
+"""difyproxy's failure answers over loopback: each distinct, none a hang (spec item 7).
+
+The proxy's timers run on a ``task.Clock`` where a timeout is under test, so nothing
+waits for real seconds and "no DelayedCall left" can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock, deferLater
+from twisted.web.client import ResponseDone, ResponseFailed
+
+from difytw.fixture import load
+from tests.test_proxy_harness import (
+    CHAT,
+    FIXTURES,
+    RunningProxy,
+    data_frames,
+    fetch,
+    header,
+    start_fetch,
+    start_proxy,
+)
+
+__all__ = ["start_proxy"]
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll the real reactor until ``predicate()``; fail instead of hanging."""
+    deadline = reactor.seconds() + seconds
+    while not predicate():
+        assert reactor.seconds() < deadline, "condition never became true"
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening (bound, read, released)."""
+    listening = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    port: int = listening.getHost().port
+    listening.stopListening()
+    return port
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413, 429, 500, 503])
+@pytest_twisted.ensureDeferred
+async def test_upstream_http_errors_pass_through_untouched(
+    status: int, replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = start_proxy(replay.url + "/v1")
+    fault = {"X-Replay-Fault": f"status={status}"}
+    direct, direct_body, _ = await fetch(
+        "POST",
+        replay.url + "/v1/chat-messages",
+        json=dict(CHAT, user="u"),
+        headers=dict(fault, Authorization="Bearer app-test-key-not-a-secret"),
+    )
+    proxied, proxied_body, _ = await fetch(
+        "POST", proxy.url + "/chat-messages", json=dict(CHAT, user="u"), headers=fault
+    )
+    assert proxied.code == direct.code == status
+    assert proxied_body.body == direct_body.body
+    assert header(proxied, "Content-Type") == header(direct, "Content-Type")
+    assert json.loads(proxied_body.body)["status"] == status
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_refused_is_502_upstream_unavailable(
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    proxy = start_proxy(f"http://127.0.0.1:{free_port()}/v1")
+    response, collector, _ = await fetch("GET", proxy.url + "/parameters")
+    assert response.code == 502
+    body = json.loads(collector.body)
+    assert body["code"] == "upstream_unavailable" and body["status"] == 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_unresolvable_host_is_502(start_proxy: Callable[..., RunningProxy]) -> None:
+    # .invalid never resolves (RFC 6761 section 6.4); no query leaves this machine
+    # when the resolver answers from its own rules.
+    proxy = start_proxy("http://difytw-test.invalid/v1", connect_timeout=2.0)
+    response, collector, _ = await fetch("GET", proxy.url + "/parameters")
+    assert response.code == 502
+    assert json.loads(collector.body)["code"] == "upstream_unavailable"
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_head_in_time_is_504_upstream_timeout(
+    replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    clock = Clock()
+    proxy = start_proxy(replay.url + "/v1", clock=clock, header_timeout=60.0)
+    answer = Deferred.fromCoroutine(
+        fetch(
+            "POST",
+            proxy.url + "/chat-messages",
+            json=dict(CHAT, user="u"),
+            headers={"X-Replay-Fault": "stall=30@0"},  # no head for 30 s
+        )
+    )
+    await wait_for(lambda: bool(replay.journal.entries))
+    ended = replay.journal.next_end()
+    clock.advance(59)
+    assert not answer.called
+    clock.advance(1)
+    response, collector, _ = await answer
+    assert response.code == 504
+    body = json.loads(collector.body)
+    assert body["code"] == "upstream_timeout" and body["status"] == 504
+    entry = await ended  # the upstream request was abandoned, not left running
+    assert entry.outcome == "client_closed"
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_stream_ends_with_idle_timeout_frame(
+    replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    clock = Clock()
+    proxy = start_proxy(replay.url + "/v1", clock=clock, idle_timeout=300.0)
+    response, collector = await start_fetch(
+        "POST",
+        proxy.url + "/chat-messages",
+        json=dict(CHAT, user="u"),
+        headers={"X-Replay-Fault": "stall=60@1"},  # one event, then silence
+    )
+    await collector.first_read
+    await wait_for(lambda: b"\n\n" in collector.body)
+    ended = replay.journal.next_end()
+    clock.advance(300)
+    await collector.done
+    assert collector.reason is not None and collector.reason.check(ResponseDone)  # clean end
+    frames = data_frames(collector.body)
+    assert len(frames) == 2
+    assert frames[-1] == {
+        "event": "error",
+        "code": "upstream_idle_timeout",
+        "status": 504,
+        "message": frames[-1]["message"],
+    }
+    assert (await ended).outcome == "client_closed"  # upstream closed by the proxy
+    assert clock.getDelayedCalls() == []
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_reset_mid_stream_ends_with_disconnected_frame(
+    replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = start_proxy(replay.url + "/v1")
+    response, collector, reason = await fetch(
+        "POST",
+        proxy.url + "/chat-messages",
+        json=dict(CHAT, user="u"),
+        headers={"X-Replay-Fault": "reset-after=2"},
+    )
+    assert reason.check(ResponseDone)
+    frames = data_frames(collector.body)
+    assert [f["event"] for f in frames[:2]] == ["message", "message"]
+    assert frames[-1]["event"] == "error"
+    assert frames[-1]["code"] == "upstream_disconnected"
+    assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_clean_cut_passes_through_as_a_clean_end(
+    replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    # cut-after ends upstream's chunked body properly: nothing went wrong on the wire,
+    # so the proxy adds nothing (a stream without a terminal event is Dify's own doing).
+    proxy = start_proxy(replay.url + "/v1")
+    _, collector, reason = await fetch(
+        "POST",
+        proxy.url + "/chat-messages",
+        json=dict(CHAT, user="u"),
+        headers={"X-Replay-Fault": "cut-after=2"},
+    )
+    assert reason.check(ResponseDone)
+    assert [f["event"] for f in data_frames(collector.body)] == ["message", "message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_stream_body_cut_short_drops_the_connection(
+    replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    proxy = start_proxy(replay.url + "/v1")
+    _, collector, reason = await fetch(
+        "GET", proxy.url + "/parameters?user=u", headers={"X-Replay-Fault": "reset-after=0"}
+    )
+    # Never a clean end that would pass a truncated JSON body off as whole.
+    assert reason.check(ResponseFailed)
+    full = load(FIXTURES / "parameters-get.jsonl").body()
+    assert collector.body != full
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_closes_upstream_at_once(
+    start_replay: Callable[..., Any], start_proxy: Callable[..., RunningProxy]
+) -> None:
+    replay = start_replay(speed=1.0)
+    clock = Clock()
+    proxy = start_proxy(replay.url + "/v1", clock=clock)
+    _, collector = await start_fetch(
+        "POST", proxy.url + "/chat-messages", json=dict(CHAT, user="u")
+    )
+    await collector.first_read
+    ended = replay.journal.next_end()
+    assert collector.transport is not None
+    left_at = reactor.seconds()
+    collector.transport.stopProducing()  # the client hangs up mid-stream
+    entry = await ended
+    assert entry.outcome == "client_closed"
+    assert entry.ended_at is not None and entry.ended_at - left_at < 0.1
+    assert clock.getDelayedCalls() == []  # no idle timer, no header timer
