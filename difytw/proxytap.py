@@ -1,0 +1,232 @@
+"""``twist difyproxy``: the command line and the service of the streaming proxy.
+
+Everything is checked while the options are parsed, so a wrong flag stops ``twist`` with a
+usage error before anything listens.  The app key is never a flag value (``ps`` would show
+it to every user of the machine): it comes from ``DIFY_API_KEY`` or ``--api-key-file``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.application.strports import service as endpointService
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+
+from difytw.proxy import ProxyApp, ProxyConfig
+from difytw.uri import normalize_prefix, normalize_upstream
+
+KEY_ENV = "DIFY_API_KEY"
+BACKLOG = 1024  # Twisted's default of 50 overflows when ~1000 clients connect at once
+DEFAULT_LISTEN = f"tcp:8080:interface=127.0.0.1:backlog={BACKLOG}"
+# Endpoint types whose listen() takes a backlog.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512k``, ``100M``, ``20MiB``, ``1G``, ``5MB`` -> bytes.
+
+    As in nginx's ``client_max_body_size``, ``k``/``m``/``g`` are binary (1024-based), and
+    so are ``KiB``/``MiB``/``GiB``; ``KB``/``MB``/``GB`` are decimal (SI).
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 100M, 20MiB, 512k or bytes)")
+    number, unit = int(match.group(1)), (match.group(2) or "b").lower()
+    if unit == "b":
+        return number
+    power = "kmg".index(unit[0]) + 1
+    base = 1000 if unit.endswith("b") and not unit.endswith("ib") else 1024
+    return int(number * base**power)
+
+
+def parse_duration(text: str) -> float:
+    """``60`` or ``60s``, ``500ms``, ``5m``, ``1h`` -> seconds (must be positive)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 60s, 500ms, 5m)")
+    number = float(match.group(1))
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[(match.group(2) or "s").lower()]
+    seconds = number * scale
+    if seconds <= 0:
+        raise ValueError(f"duration must be more than zero: {text!r}")
+    return seconds
+
+
+def with_backlog(endpoint: str) -> str:
+    """Add ``backlog=1024`` to a listening endpoint that takes one and names none."""
+    kind = endpoint.split(":", 1)[0].lower()
+    if kind in _BACKLOG_TYPES and not re.search(r"(^|:)backlog=", endpoint):
+        return f"{endpoint}:backlog={BACKLOG}"
+    return endpoint
+
+
+def read_key(path: str | None, environ: dict[str, str]) -> str:
+    """The app key from ``--api-key-file`` (preferred when given) or ``DIFY_API_KEY``."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                key = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise usage.UsageError(f"--api-key-file {path}: {error}") from None
+        origin = f"--api-key-file {path}"
+    elif environ.get(KEY_ENV):
+        key = environ[KEY_ENV].strip()
+        origin = KEY_ENV
+    else:
+        raise usage.UsageError(
+            "difyproxy needs the Dify app key, and will not take it as a flag value "
+            f"(ps shows those to everyone): export {KEY_ENV}=app-... or pass "
+            "--api-key-file FILE naming a file that holds just the key."
+        )
+    # The key goes into a header line: no whitespace or control characters inside.
+    if not key or not all(33 <= ord(c) <= 126 for c in key):
+        raise usage.UsageError(
+            f"the app key from {origin} is empty or holds spaces or control characters"
+        )
+    return key
+
+
+class Options(usage.Options):
+    synopsis = "--upstream URL [--listen ENDPOINT] [--prefix PATH] [options]"
+    longdesc = (
+        "Serve the Dify API from your own server: requests to {prefix}{rest} go to "
+        "{upstream}{rest} with the raw query kept byte for byte, the client's Authorization "
+        "and Cookie replaced by 'Authorization: Bearer <app key>', and answers relayed "
+        "unbuffered (each upstream read is one write to the client; SSE gets "
+        "'Cache-Control: no-cache' and 'X-Accel-Buffering: no').  GET /healthz answers 200.  "
+        f"The key comes from ${KEY_ENV} or --api-key-file, never from a flag value.  "
+        "Sizes take k/M/G (1024-based, as nginx) or KiB/MiB/GiB, KB/MB/GB; durations take "
+        "ms/s/m/h (plain numbers are seconds).  Example: "
+        f"{KEY_ENV}=app-... twist difyproxy --upstream https://api.dify.ai/v1"
+    )
+    optParameters = [
+        [
+            "upstream",
+            "u",
+            None,
+            "Syntax: URL (http or https; required).  The Dify API base that {prefix} maps to, "
+            "e.g. https://api.dify.ai/v1 or http://dify.internal/v1.  https certificates are "
+            "verified.",
+        ],
+        [
+            "listen",
+            "l",
+            DEFAULT_LISTEN,
+            "Syntax: ENDPOINT (Twisted endpoint string, e.g. tcp:8080:interface=0.0.0.0).  "
+            f"backlog={BACKLOG} is added when a tcp/ssl/unix endpoint names none.",
+        ],
+        [
+            "prefix",
+            "p",
+            "/dify",
+            "Syntax: PATH.  Only paths under it are proxied (others answer 404 not_found); "
+            "'/' proxies every path.",
+        ],
+        [
+            "api-key-file",
+            None,
+            None,
+            f"Syntax: FILE.  Read the Dify app key from FILE instead of ${KEY_ENV}.",
+        ],
+        [
+            "ca-bundle",
+            None,
+            None,
+            "Syntax: FILE (PEM).  Trust only these CA certificates for an https upstream "
+            "(for private CAs); default: the system's trust store.",
+        ],
+        [
+            "max-body",
+            None,
+            "100M",
+            "Syntax: SIZE.  Larger request bodies (Content-Length or chunked) answer 413 "
+            "request_entity_too_large before upstream is contacted.",
+        ],
+        [
+            "header-timeout",
+            None,
+            "60s",
+            "Syntax: DURATION.  No upstream response head within it answers 504 upstream_timeout.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            "300s",
+            "Syntax: DURATION.  An upstream body silent this long ends the answer: a stream "
+            "with a final upstream_idle_timeout error event, other bodies by closing.",
+        ],
+        [
+            "connect-timeout",
+            None,
+            "10s",
+            "Syntax: DURATION.  Connecting to upstream longer than this answers 502 "
+            "upstream_unavailable.",
+        ],
+    ]
+
+    config: ProxyConfig
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._environ = dict(os.environ) if environ is None else environ
+
+    def postOptions(self) -> None:
+        if not self["upstream"]:
+            raise usage.UsageError("--upstream URL is required, e.g. https://api.dify.ai/v1")
+        try:
+            normalize_upstream(self["upstream"])
+            normalize_prefix(self["prefix"])
+            max_body = parse_size(self["max-body"])
+            timeouts = {
+                name: parse_duration(self[name])
+                for name in ("header-timeout", "idle-timeout", "connect-timeout")
+            }
+        except (ValueError, UnicodeEncodeError) as error:
+            raise usage.UsageError(str(error)) from None
+        ca_bundle = self["ca-bundle"]
+        if ca_bundle is not None and not os.path.isfile(ca_bundle):
+            raise usage.UsageError(f"--ca-bundle {ca_bundle}: no such file")
+        self["listen"] = with_backlog(self["listen"])
+        self.config = ProxyConfig(
+            upstream=self["upstream"],
+            api_key=read_key(self["api-key-file"], self._environ),
+            prefix=self["prefix"],
+            max_body=max_body,
+            header_timeout=timeouts["header-timeout"],
+            idle_timeout=timeouts["idle-timeout"],
+            connect_timeout=timeouts["connect-timeout"],
+            ca_bundle=ca_bundle,
+        )
+
+
+class UpstreamPoolCloser(Service):
+    """Closes the proxy's idle upstream connections when ``twist`` stops."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        self.app = app
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return self.app.close()
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        app = ProxyApp(options.config, reactor=reactor)
+    except (OSError, ValueError) as error:  # e.g. an unreadable or empty --ca-bundle
+        raise usage.UsageError(str(error)) from None
+    site = app.site()
+    site.displayTracebacks = False
+    top = MultiService()
+    endpointService(options["listen"], site, reactor=reactor).setServiceParent(top)
+    UpstreamPoolCloser(app).setServiceParent(top)  # type: ignore[no-untyped-call]
+    return top

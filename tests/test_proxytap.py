@@ -1,0 +1,231 @@
+"""``twist difyproxy`` options and service (difytw.proxytap), in memory."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from difytw.proxy import ProxyConfig
+from difytw.proxytap import (
+    DEFAULT_LISTEN,
+    Options,
+    makeService,
+    parse_duration,
+    parse_size,
+    with_backlog,
+)
+
+KEY = "app-0123456789abcdef"
+UPSTREAM = ["--upstream", "https://api.dify.ai/v1"]
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> Options:
+    options = Options(environ={"DIFY_API_KEY": KEY} if environ is None else environ)
+    options.parseOptions(argv)
+    return options
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1048576", 1048576),
+        ("100M", 100 * 1024**2),
+        ("100m", 100 * 1024**2),
+        ("20MiB", 20 * 1024**2),
+        ("512k", 512 * 1024),
+        ("1G", 1024**3),
+        ("5MB", 5_000_000),
+        ("3KB", 3000),
+        ("7b", 7),
+        (" 2 GiB ", 2 * 1024**3),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "M", "1.5M", "-1", "10X", "10 MiBs", "ten"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("60", 60.0), ("60s", 60.0), ("500ms", 0.5), ("5m", 300.0), ("1h", 3600.0), ("1.5s", 1.5)],
+)
+def test_parse_duration(text: str, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["", "0", "0s", "-5", "5d", "s", "1e3"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("tcp:9000", "tcp:9000:backlog=1024"),
+        ("tcp:9000:interface=0.0.0.0", "tcp:9000:interface=0.0.0.0:backlog=1024"),
+        ("tcp:9000:backlog=10", "tcp:9000:backlog=10"),
+        ("unix:/run/difyproxy.sock", "unix:/run/difyproxy.sock:backlog=1024"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_with_backlog(endpoint: str, expected: str) -> None:
+    assert with_backlog(endpoint) == expected
+
+
+def test_defaults() -> None:
+    options = parse(UPSTREAM)
+    assert options["listen"] == DEFAULT_LISTEN
+    assert "backlog=1024" in DEFAULT_LISTEN and "interface=127.0.0.1" in DEFAULT_LISTEN
+    assert options.config == ProxyConfig(
+        upstream="https://api.dify.ai/v1",
+        api_key=KEY,
+        prefix="/dify",
+        max_body=100 * 1024**2,
+        header_timeout=60.0,
+        idle_timeout=300.0,
+        connect_timeout=10.0,
+        ca_bundle=None,
+    )
+    assert KEY not in repr(options.config)
+
+
+def test_every_flag() -> None:
+    options = parse(
+        [
+            *UPSTREAM,
+            "--listen",
+            "tcp:9999",
+            "--prefix",
+            "/api/dify/",
+            "--max-body",
+            "20MiB",
+            "--header-timeout",
+            "5s",
+            "--idle-timeout",
+            "2m",
+            "--connect-timeout",
+            "1500ms",
+        ]
+    )
+    config = options.config
+    assert options["listen"] == "tcp:9999:backlog=1024"
+    assert (config.prefix, config.max_body) == ("/api/dify/", 20 * 1024**2)
+    assert (config.header_timeout, config.idle_timeout, config.connect_timeout) == (5, 120, 1.5)
+
+
+def test_missing_key_refuses_and_says_how_to_give_one() -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        parse(UPSTREAM, environ={})
+    message = str(caught.value)
+    assert "DIFY_API_KEY" in message and "--api-key-file" in message
+
+
+def test_key_is_never_a_flag() -> None:
+    with pytest.raises(usage.UsageError):
+        parse([*UPSTREAM, "--api-key", KEY])
+
+
+def test_key_file_is_read_and_beats_the_environment(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("app-from-file\n")
+    options = parse([*UPSTREAM, "--api-key-file", str(key_file)])
+    assert options.config.api_key == "app-from-file"
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "app key with spaces", "app-\x00x"])
+def test_unusable_key_file_is_refused(tmp_path: Path, content: str) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(content)
+    with pytest.raises(usage.UsageError) as caught:
+        parse([*UPSTREAM, "--api-key-file", str(key_file)], environ={})
+    assert content.strip() == "" or content not in str(caught.value)  # never echo the key
+
+
+def test_missing_key_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="api-key-file"):
+        parse([*UPSTREAM, "--api-key-file", str(tmp_path / "nope")])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--upstream", "ftp://x/v1"],
+        ["--upstream", "https://user:pw@api.dify.ai/v1"],
+        [*UPSTREAM, "--prefix", "dify"],
+        [*UPSTREAM, "--prefix", "/a/../b"],
+        [*UPSTREAM, "--max-body", "lots"],
+        [*UPSTREAM, "--header-timeout", "0"],
+        [*UPSTREAM, "--idle-timeout", "forever"],
+        [*UPSTREAM, "--ca-bundle", "/nonexistent/ca.pem"],
+        [*UPSTREAM, "--no-such-flag"],
+        [*UPSTREAM, "extra-argument"],
+    ],
+)
+def test_bad_flags_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(usage.UsageError):
+        parse(argv)
+
+
+def test_make_service_returns_a_service() -> None:
+    service = makeService(parse(UPSTREAM))
+    assert IService.providedBy(service)
+    assert isinstance(service, MultiService)
+    assert len(list(service)) == 2  # the listener and the pool closer
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_listens_and_stops() -> None:
+    service = makeService(parse([*UPSTREAM, "--listen", "tcp:0:interface=127.0.0.1"]))
+    service.startService()
+    assert service.running
+    await service.stopService()
+    assert not service.running
+
+
+def write_ca(path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "difytw test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_ca_bundle_is_loaded(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    write_ca(bundle)
+    options = parse([*UPSTREAM, "--ca-bundle", str(bundle)])
+    assert options.config.ca_bundle == str(bundle)
+    assert IService.providedBy(makeService(options))
+
+
+def test_garbage_ca_bundle_is_a_usage_error(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n")
+    with pytest.raises(usage.UsageError):
+        makeService(parse([*UPSTREAM, "--ca-bundle", str(bundle)]))
