@@ -31,8 +31,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import pages
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
@@ -74,6 +75,9 @@ class PageAssets(File):
         ".ico": "image/x-icon",
     }
 
+    # pages.notFound escapes what it shows; File's default is deprecated for not doing so.
+    childNotFound = pages.notFound()  # type: ignore[assignment]
+
     def render(self, request: IRequest) -> Any:
         # no-cache: revalidate, so an upgraded package's page is never mixed with a stale file.
         request.setHeader(b"Cache-Control", b"no-cache")
@@ -81,8 +85,19 @@ class PageAssets(File):
         request.setHeader(b"Content-Security-Policy", PAGE_POLICY)
         return super().render(request)  # type: ignore[no-untyped-call]
 
-    def directoryListing(self) -> Resource:
+    def directoryListing(self) -> IResource:
         return self.childNotFound
+
+
+class DemoRoutes(Resource):
+    """``/_demo/``: what the demo adds beside the page and the proxy."""
+
+    def __init__(self, replay: ReplayApp) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.putChild(b"journal", JournalPage(replay))
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return pages.notFound()
 
 
 class JournalPage(Resource):
@@ -137,9 +152,7 @@ def start_demo(reactor: Any, *, speed: float = 1.0) -> Demo:
     proxy = ProxyApp(config, reactor=reactor)
     root = PageAssets(str(STATIC))
     root.putChild(config.prefix.strip("/").encode("ascii"), proxy.resource())
-    demo = Resource()
-    demo.putChild(b"journal", JournalPage(replay))
-    root.putChild(b"_demo", demo)
+    root.putChild(b"_demo", DemoRoutes(replay))
     # The proxy's request class (body limit, one access-log line per exchange) for every
     # request, page files included, as ProxyApp.site() does for the proxy alone.
     factory = ProxyRequestFactory(clock=reactor, max_body=config.max_body)
