@@ -14,8 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.web.client import ResponseDone, ResponseFailed
 
 from difytw.fixture import load
@@ -25,28 +24,14 @@ from tests.test_proxy_harness import (
     RunningProxy,
     data_frames,
     fetch,
+    free_port,
     header,
     start_fetch,
     start_proxy,
+    wait_for,
 )
 
 __all__ = ["start_proxy"]
-
-
-async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Poll the real reactor until ``predicate()``; fail instead of hanging."""
-    deadline = reactor.seconds() + seconds
-    while not predicate():
-        assert reactor.seconds() < deadline, "condition never became true"
-        await deferLater(reactor, 0.005, lambda: None)
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening (bound, read, released)."""
-    listening = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-    port: int = listening.getHost().port
-    listening.stopListening()
-    return port
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 429, 500, 503])

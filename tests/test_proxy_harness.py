@@ -20,7 +20,8 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
@@ -126,3 +127,19 @@ def journal_headers(entry: Any) -> dict[str, list[str]]:
     for name, value in entry.headers:
         out.setdefault(name.lower(), []).append(value)
     return out
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll the real reactor until ``predicate()``; fail instead of hanging."""
+    deadline = reactor.seconds() + seconds
+    while not predicate():
+        assert reactor.seconds() < deadline, "condition never became true"
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening (bound, read, released)."""
+    listening = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    port: int = listening.getHost().port
+    listening.stopListening()
+    return port
