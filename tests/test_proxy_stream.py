@@ -16,9 +16,12 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from difytw.fixture import load
+from difytw.proxy import ProxyApp, ProxyConfig
+from difytw.relay import BodyRelay
 from tests.test_proxy_harness import (
     CHAT,
     FIXTURES,
+    TEST_KEY,
     RunningProxy,
     client_pool,
     events,
@@ -156,3 +159,40 @@ async def test_names_listed_in_connection_are_dropped(
     seen = journal_headers(entry)
     assert "x-trace-id" not in seen
     assert seen["traceparent"] == ["kept"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_observer_hook_sees_the_stream_and_the_relay_is_the_producer(
+    replay: Any,
+) -> None:
+    """The issue-7 hook: an observer per stream sees every byte the client got, and the
+    upstream side is registered as the client request's streaming producer."""
+    seen: list[bytes] = []
+    producers: list[tuple[Any, bool]] = []
+
+    def observe(request: Any, stream: bool) -> Callable[[bytes], None] | None:
+        if not stream:
+            return None
+
+        def chunk(data: bytes) -> None:
+            producers.append((request.producer, request.streamingProducer))
+            seen.append(data)
+
+        return chunk
+
+    app = ProxyApp(
+        ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY), reactor=reactor, observe=observe
+    )
+    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{listening.getHost().port}/dify"
+        _, collector, _ = await fetch("POST", url + "/chat-messages", json=dict(CHAT, user="u"))
+        _, plain, _ = await fetch("GET", url + "/parameters?user=u")
+    finally:
+        await listening.stopListening()
+        await app.close()
+    assert b"".join(seen) == collector.body
+    assert plain.body and plain.body not in b"".join(seen)
+    assert producers and all(
+        isinstance(producer, BodyRelay) and streaming for producer, streaming in producers
+    )
