@@ -234,6 +234,8 @@ def _load(path: str | os.PathLike[str]) -> Fixture:
         return load(path)
     except FixtureError as e:
         raise InputError(str(e)) from None
+    except ValueError as e:  # fixture.load lets a non-ASCII b64 string through unlabelled
+        raise InputError(f"{path}: {e}") from None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
 

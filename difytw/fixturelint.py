@@ -61,6 +61,9 @@ def lint_text(text: str, source: str = "<string>", stem: str | None = None) -> l
     except FixtureError as e:
         findings.add(Finding(source, e.line, e.problem))
         return sorted(findings)
+    except ValueError as e:  # fixture.loads lets a non-ASCII b64 string through unlabelled
+        findings.add(Finding(source, 1, f"the fixture does not load: {e}"))
+        return sorted(findings)
     lines = Lines.of(text)
     if stem is not None and fixture.id != stem:
         findings.add(

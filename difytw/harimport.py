@@ -11,7 +11,6 @@ the entry's receive time: HAR records no per-read timing.  The records it builds
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from typing import Any
@@ -154,6 +153,8 @@ def _fixture(
         return loads(text, f"{name} {where}")
     except FixtureError as e:
         raise HarError(f"{where}: {e.problem}") from None
+    except ValueError as e:  # fixture.loads lets a non-ASCII b64 string through as ValueError
+        raise HarError(f"{where}: {e}") from None
 
 
 def _request(
@@ -236,7 +237,7 @@ def _text_bytes(obj: dict[str, Any], encoding_key: str) -> bytes | None:
     if encoding == "base64":
         try:
             return base64.b64decode(text, validate=True)
-        except binascii.Error as e:
+        except ValueError as e:  # binascii.Error, or a non-ASCII string
             raise HarError(f"'text' is not valid base64 ({e})") from None
     if encoding is not None:
         raise HarError(f"unknown {encoding_key} {encoding!r} (HAR 1.2 knows base64)")
@@ -252,7 +253,7 @@ def _chunk_bytes(chunk: dict[str, Any]) -> bytes:
         if isinstance(chunk.get("b64"), str):
             return base64.b64decode(chunk["b64"])
         return str(chunk.get("text", "")).encode("utf-8")
-    except (binascii.Error, UnicodeEncodeError):
+    except ValueError:  # binascii.Error, non-ASCII base64, a lone surrogate
         return b""
 
 

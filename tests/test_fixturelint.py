@@ -294,3 +294,8 @@ def test_json_bodies() -> None:
 def test_lint_reports_but_never_raises(text: str) -> None:
     for finding in lint_text(text, "f.jsonl"):
         assert finding.line >= 1 and finding.problem
+
+
+def test_a_b64_read_that_is_not_ascii_is_a_finding_not_a_crash() -> None:
+    text = fixture([b"\xff" + HELLO, END]).replace('"b64":"', '"b64":"é')
+    assert [f.line for f in lint_text(text, "f.jsonl")] == [1]
