@@ -35,7 +35,6 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
-    FileBodyProducer,
     HTTPConnectionPool,
 )
 from twisted.web.http_headers import Headers
@@ -53,7 +52,7 @@ from zope.interface import implementer
 from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
 from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
-from difytw.relay import BodyObserver, BodyRelay, RelayEnd
+from difytw.relay import BodyObserver, BodyRelay, RelayEnd, UploadBody
 from difytw.uri import RequestTarget, UpstreamRoute
 
 _log = Logger()
@@ -264,7 +263,7 @@ class ProxyApp:
         request.head_at = self._clock.seconds()
         return body
 
-    def _body(self, request: ProxyExchange) -> IBodyProducer | None:
+    def _body(self, request: ProxyExchange, progress: Callable[[], object]) -> IBodyProducer | None:
         content = request.content
         if content is None:
             return None
@@ -272,7 +271,7 @@ class ProxyApp:
         if content.tell() == 0:
             return None
         content.seek(0)
-        return FileBodyProducer(content, cooperator=self._cooperator)
+        return UploadBody(content, cooperator=self._cooperator, progress=progress)
 
     async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
         address = getattr(request.getClientAddress(), "host", None)
@@ -285,14 +284,6 @@ class ProxyApp:
         ):
             headers.setRawHeaders(name, values)
 
-        sending = self._client.request(
-            request.method.decode("ascii"),
-            url,
-            headers=headers,
-            data=self._body(request),
-            allow_redirects=False,  # a redirect is the client's business, with its own URL
-            unbuffered=True,
-        )
         relay: BodyRelay | None = None
         timed_out = False
         left = False
@@ -302,6 +293,24 @@ class ProxyApp:
             timed_out = True
             sending.cancel()
 
+        # --header-timeout bounds silence, not size: each body slice upstream accepts
+        # restarts it, so a 100 MB upload on a slow link is not a "timeout" while a
+        # stalled one, or a head that never comes after the body, is.
+        timer = self._clock.callLater(self.config.header_timeout, header_timeout)
+
+        def uploaded_a_slice() -> None:
+            if timer.active():
+                timer.reset(self.config.header_timeout)
+
+        sending = self._client.request(
+            request.method.decode("ascii"),
+            url,
+            headers=headers,
+            data=self._body(request, uploaded_a_slice),
+            allow_redirects=False,  # a redirect is the client's business, with its own URL
+            unbuffered=True,
+        )
+
         def client_left(reason: Failure) -> None:
             nonlocal left
             left = True
@@ -310,7 +319,6 @@ class ProxyApp:
             else:
                 relay.stopProducing()  # spec item 6: upstream closes at once
 
-        timer = self._clock.callLater(self.config.header_timeout, header_timeout)
         # Fires when the exchange is over either way; after client_left it holds None.
         finished = request.notifyFinish().addErrback(client_left)
         try:
@@ -323,7 +331,7 @@ class ProxyApp:
                 raise DifyError(
                     504,
                     "upstream_timeout",
-                    f"The upstream Dify API sent no response within "
+                    f"The upstream Dify API sent no response for "
                     f"{self.config.header_timeout:g} seconds.",
                 ) from None
             _log.warn(

@@ -153,7 +153,9 @@ class Options(usage.Options):
             "header-timeout",
             None,
             "60s",
-            "Syntax: DURATION.  No upstream response head within it answers 504 upstream_timeout.",
+            "Syntax: DURATION.  Upstream silent this long before its response head "
+            "answers 504 upstream_timeout; every request-body slice upstream accepts "
+            "restarts the count, so big uploads are not cut.",
         ],
         [
             "idle-timeout",

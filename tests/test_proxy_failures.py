@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.web.client import ResponseDone, ResponseFailed
 
@@ -73,6 +74,27 @@ async def test_unresolvable_host_is_502(start_proxy: Callable[..., RunningProxy]
     # when the resolver answers from its own rules.
     proxy = start_proxy("http://difytw-test.invalid/v1", connect_timeout=2.0)
     response, collector, _ = await fetch("GET", proxy.url + "/parameters")
+    assert response.code == 502
+    assert json.loads(collector.body)["code"] == "upstream_unavailable"
+
+
+class PlainTextServer(Protocol):
+    """Answers anything, a TLS ClientHello included, with plain HTTP and hangs up."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_failure_is_502(start_proxy: Callable[..., RunningProxy]) -> None:
+    listening = reactor.listenTCP(0, Factory.forProtocol(PlainTextServer), interface="127.0.0.1")
+    try:
+        proxy = start_proxy(f"https://127.0.0.1:{listening.getHost().port}/v1")
+        response, collector, _ = await fetch("GET", proxy.url + "/parameters")
+    finally:
+        await listening.stopListening()
     assert response.code == 502
     assert json.loads(collector.body)["code"] == "upstream_unavailable"
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from io import BytesIO
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionLost
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from difytw.relay import BodyRelay, RelayEnd
+from difytw.relay import BodyRelay, RelayEnd, UploadBody
 
 IDLE = 30.0
 
@@ -198,3 +201,42 @@ def test_a_failing_observer_is_detached_and_the_stream_goes_on() -> None:
     relay.dataReceived(b"b")
     assert sink.writes == [b"a", b"b"]
     assert calls == [b"a"]
+
+
+class SliceSink:
+    """An IConsumer that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+@given(st.binary(max_size=5000), st.integers(min_value=1, max_value=700))
+def test_upload_body_hands_over_every_byte_and_reports_each_slice(
+    body: bytes, read_size: int
+) -> None:
+    work: list[Callable[[], None]] = []
+    cooperator = Cooperator(scheduler=work.append, terminationPredicateFactory=lambda: lambda: True)
+    reports: list[int] = []
+    sink = SliceSink()
+    upload = UploadBody(
+        BytesIO(body),
+        cooperator=cooperator,
+        progress=lambda: reports.append(1),
+        read_size=read_size,
+    )
+    assert upload.length == len(body)
+    done = upload.startProducing(sink)  # type: ignore[arg-type]
+    while work:
+        work.pop(0)()
+    assert done.called
+    assert b"".join(sink.data) == body
+    assert len(reports) == len(sink.data) == -(-len(body) // read_size)
