@@ -181,3 +181,42 @@ def test_empty_content_encoding_is_dropped_real_one_kept() -> None:
     assert b"content-encoding" not in out
     out = as_dict(client_response_headers([(b"Content-Encoding", [b"gzip"])], stream=False))
     assert out[b"content-encoding"] == [b"gzip"]
+
+
+_NAMES = st.sampled_from(
+    [
+        b"Connection",
+        b"Keep-Alive",
+        b"TE",
+        b"Trailer",
+        b"Transfer-Encoding",
+        b"Upgrade",
+        b"Proxy-Authenticate",
+        b"Proxy-Anything",
+        b"Content-Type",
+        b"X-Version",
+        b"X-Listed",
+        b"Set-Cookie",
+        b"Content-Length",
+    ]
+)
+_VALUES = st.lists(st.sampled_from([b"a", b"x-listed", b"close, X-Listed", b"1"]), min_size=1)
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8), st.booleans())
+def test_response_filter_property(pairs: list[tuple[bytes, list[bytes]]], stream: bool) -> None:
+    out = client_response_headers(pairs, stream=stream)
+    listed = connection_listed(v for n, vs in pairs if n.lower() == b"connection" for v in vs)
+    added = {b"cache-control", b"x-accel-buffering"} if stream else set()
+    for name, values in out:
+        lower = name.lower()
+        assert lower not in HOP_BY_HOP and not lower.startswith(b"proxy-")
+        assert lower not in listed
+        if lower not in added:
+            assert (name, values) in pairs  # passed on untouched, never invented
+    kept = {n.lower() for n, _ in out}
+    for name, _ in pairs:
+        lower = name.lower()
+        dropped = lower in HOP_BY_HOP or lower.startswith(b"proxy-") or lower in listed
+        dropped = dropped or (stream and lower == b"content-length")
+        assert (lower in kept) != dropped
