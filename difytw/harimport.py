@@ -126,7 +126,8 @@ def _fixture(
         chunks = entry["_chunks"]
         if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
             raise HarError(f"{where}: _chunks must be a list of objects")
-        if b"".join(_chunk_bytes(chunk) for chunk in chunks) != body:
+        reads = (_chunk_bytes(chunk, f"{where}: _chunks[{i}]") for i, chunk in enumerate(chunks))
+        if b"".join(reads) != body:
             raise HarError(f"{where}: _chunks do not add up to the body in response.content.text")
         records += [{"type": "chunk", **chunk} for chunk in chunks]
     else:
@@ -179,7 +180,8 @@ def _request(
         ],
     }
     post = request.get("postData")
-    data = None if post is None else _text_bytes(_object(post, f"{where}: postData"), "_encoding")
+    post_where = f"{where}: request.postData"
+    data = None if post is None else _text_bytes(_object(post, post_where), "_encoding", post_where)
     if post is not None and data is not None:
         json_type = "json" in str(post.get("mimeType", "")).lower()
         if marks.get("json", json_type and _is_json(data)):
@@ -216,10 +218,7 @@ def _named(header: dict[str, Any]) -> bool:
 
 
 def _body(content: dict[str, Any], where: str) -> bytes | None:
-    try:
-        data = _text_bytes(content, "encoding")
-    except HarError as e:
-        raise HarError(f"{where}: response.content {e}") from None
+    data = _text_bytes(content, "encoding", f"{where}: response.content")
     size = content.get("size")
     # DevTools writes text "" with the real size when it did not keep a streamed body.
     if data == b"" and isinstance(size, int) and size > 0:
@@ -227,34 +226,33 @@ def _body(content: dict[str, Any], where: str) -> bytes | None:
     return data
 
 
-def _text_bytes(obj: dict[str, Any], encoding_key: str) -> bytes | None:
+def _text_bytes(obj: dict[str, Any], encoding_key: str, where: str) -> bytes | None:
+    """The bytes of a HAR ``text`` (``None`` when absent), base64 if ``encoding_key`` says so."""
     text = obj.get("text")
     if text is None:
         return None
-    if not isinstance(text, str):
-        raise HarError("'text' is not a string")
     encoding = obj.get(encoding_key)
-    if encoding == "base64":
-        try:
-            return base64.b64decode(text, validate=True)
-        except ValueError as e:  # binascii.Error, or a non-ASCII string
-            raise HarError(f"'text' is not valid base64 ({e})") from None
-    if encoding is not None:
-        raise HarError(f"unknown {encoding_key} {encoding!r} (HAR 1.2 knows base64)")
+    if encoding not in (None, "base64"):
+        raise HarError(f"{where}: unknown {encoding_key} {encoding!r} (HAR 1.2 knows base64)")
+    return _decode(text, encoding == "base64", f"{where}.text")
+
+
+def _chunk_bytes(chunk: dict[str, Any], where: str) -> bytes:
+    if ("text" in chunk) == ("b64" in chunk) or not isinstance(chunk.get("t"), (int, float)):
+        raise HarError(f"{where}: needs a number 't' and exactly one of 'text' and 'b64'")
+    is_b64 = "b64" in chunk
+    return _decode(chunk["b64" if is_b64 else "text"], is_b64, where)
+
+
+def _decode(text: Any, is_b64: bool, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise HarError(f"{where} is not a string")
     try:
-        return text.encode("utf-8")
+        return base64.b64decode(text, validate=True) if is_b64 else text.encode("utf-8")
     except UnicodeEncodeError:
-        raise HarError("'text' holds a lone surrogate, which is not UTF-8") from None
-
-
-def _chunk_bytes(chunk: dict[str, Any]) -> bytes:
-    """What a ``_chunks`` item holds, leniently: ``loads`` reports a malformed one precisely."""
-    try:
-        if isinstance(chunk.get("b64"), str):
-            return base64.b64decode(chunk["b64"])
-        return str(chunk.get("text", "")).encode("utf-8")
-    except ValueError:  # binascii.Error, non-ASCII base64, a lone surrogate
-        return b""
+        raise HarError(f"{where} holds a lone surrogate, which is not UTF-8") from None
+    except ValueError as e:  # binascii.Error, or a base64 string that is not ASCII
+        raise HarError(f"{where} is not valid base64 ({e})") from None
 
 
 def _body_field(data: bytes) -> dict[str, str]:

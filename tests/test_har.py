@@ -382,10 +382,17 @@ def test_what_is_not_a_har() -> None:
             lambda har: entry(har)["response"]["content"].update(encoding="gzip"),
             "unknown encoding 'gzip'",
         ),
-        (lambda har: entry(har)["response"]["content"].update(text=3), "'text' is not a string"),
+        (
+            lambda har: entry(har)["response"]["content"].update(text=3),
+            "entry 2: response.content.text is not a string",
+        ),
         (lambda har: entry(har).update(_chunks={}), "_chunks must be a list of objects"),
         (lambda har: entry(har).update(_chunks=[{"t": 1, "text": "x"}]), "_chunks do not add up"),
-        (lambda har: entry(har).update(_chunks=[{"t": 1, "b64": "é"}]), "_chunks do not add up"),
+        (
+            lambda har: entry(har).update(_chunks=[{"t": 1, "b64": "é"}]),
+            "_chunks[0] is not valid base64",
+        ),
+        (lambda har: entry(har).update(_chunks=[{"t": 1}]), "_chunks[0]: needs a number 't'"),
         (
             lambda har: entry(har).update(_fixture={"id": "bad id!", "provenance": "p"}),
             "id 'bad id!'",
