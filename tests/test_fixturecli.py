@@ -360,3 +360,19 @@ def assert_same_reads(a: Fixture, b: Fixture) -> None:
     assert [c.data for c in a.chunks] == [c.data for c in b.chunks]
     assert (a.end.bytes, a.end.sha256) == (b.end.bytes, b.end.sha256)
     assert [c.t for c in a.chunks] == sorted(c.t for c in a.chunks)
+
+
+def test_show_follows_replacements_and_workflow_text(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    end = TRANSCRIPT.split(b"\n\n")[-2] + b"\n\n"
+    replace = b'data: {"event":"message_replace",' + CHAT.encode() + b',"answer":"[moderated]"}\n\n'
+    (tmp_path / "r.sse").write_bytes(TRANSCRIPT[: -len(end)] + replace + end)
+    argv = ["import-sse", str(tmp_path / "r.sse"), "-o", str(tmp_path / "r.jsonl")]
+    assert run(capsys, *argv)[0] == 0
+    status, out, _ = run(capsys, "show", str(tmp_path / "r.jsonl"))
+    assert status == 0 and "replace '[moderated]'" in out
+    assert "answer: '[moderated]'" in out
+    status, out, _ = run(capsys, "show", str(FIXTURES / "workflow-run.jsonl"))
+    assert status == 0 and "ended: workflow_finished, then eof" in out
+    assert re.search(r"^answer: '.{10,}'$", out, re.M)

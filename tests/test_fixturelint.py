@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from difytw.eventcatalog import family
 from difytw.fixture import Chunk, Fixture, Request, Response, dumps, end_for, load
 from difytw.fixturelint import Finding, lint_file, lint_text
 
@@ -299,3 +300,21 @@ def test_lint_reports_but_never_raises(text: str) -> None:
 def test_a_b64_read_that_is_not_ascii_is_a_finding_not_a_crash() -> None:
     text = fixture([b"\xff" + HELLO, END]).replace('"b64":"', '"b64":"é')
     assert [f.line for f in lint_text(text, "f.jsonl")] == [1]
+
+
+@pytest.mark.parametrize(
+    ("path", "names", "expected"),
+    [
+        ("/v1/chat-messages", ["message", "message_end"], "chat"),
+        ("/v1/chat-messages", ["agent_thought", "message_end"], "agent-chat"),
+        ("/v1/chat-messages", ["workflow_started", "message"], "advanced-chat"),
+        ("/v1/completion-messages", ["message"], "completion"),
+        ("/v1/workflows/run", [], "workflow"),
+        ("/v1/workflows/abc-123/run", [], "workflow"),
+        ("/v1/workflow/run-1/events", [], "workflow"),
+        ("/v1/workflows/run/run-1", [], None),
+        ("/v1/parameters", [], None),
+    ],
+)
+def test_app_family_by_route_then_events(path: str, names: list[str], expected: str | None) -> None:
+    assert family(path, names) == expected
