@@ -10,6 +10,7 @@ modules: :mod:`difytw.fixtureshow`, :mod:`difytw.fixturelint`, :mod:`difytw.paci
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -18,13 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from difytw.fixture import (
-    Fixture,
-    FixtureError,
-    dump,
-    dumps,
-    load,
-)
+from difytw.fixture import Fixture, FixtureError, dumps, load
 from difytw.fixturelint import lint_file, lint_text
 from difytw.fixtureshow import render
 from difytw.har import DEFAULT_BASE_URL, export_har
@@ -182,9 +177,12 @@ def _import_har(args: argparse.Namespace) -> int:
     taken = [target for target in targets if target.exists()]
     if taken and not args.force:
         raise InputError(f"{taken[0]} already exists (--force overwrites)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out}: {e.strerror}") from None
     for fixture, target in zip(fixtures, targets, strict=True):
-        dump(fixture, target)
+        _write(dumps(fixture), str(target))
         print(f"wrote {target}", file=sys.stderr)
         _warn(fixture, str(target))
     return 0
@@ -252,10 +250,15 @@ def _write(text: str, path: str | None) -> None:
     if path is None or path == "-":
         sys.stdout.write(text)
         return
+    # Write beside, then rename: --in-place never leaves half a fixture behind.
+    partial = f"{path}.partial"
     try:
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
+        with open(partial, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.replace(partial, path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
         raise InputError(f"{path}: {e.strerror}") from None
 
 

@@ -257,6 +257,9 @@ def test_export_then_import_gives_back_every_committed_fixture(
     assert status == 2
     one_line_error(err, "already exists", "--force")
     assert run(capsys, "import-har", str(har), "-o", str(tmp_path / "out"), "--force")[0] == 0
+    status, _, err = run(capsys, "import-har", str(har), "-o", str(har))
+    assert status == 2
+    one_line_error(err, str(har))
 
 
 def test_export_har_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
