@@ -9,7 +9,6 @@ only.  The format reference is docs/fixture-format.md.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -281,7 +280,8 @@ class _Record:
     def b64(self, name: str) -> bytes:
         try:
             return base64.b64decode(self.text(name), validate=True)
-        except binascii.Error as e:
+        except ValueError as e:
+            # binascii.Error, and plain ValueError for non-ASCII characters.
             raise self.fail(f"{self.label}: {name!r} is not valid base64 ({e})") from None
 
     def utf8(self, name: str) -> bytes:

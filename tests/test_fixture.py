@@ -497,3 +497,16 @@ def test_writer_appends_lines_and_vouches_for_the_body() -> None:
     assert [c.data for c in fixture.chunks] == parts
     assert fixture.end == end_for(b"".join(parts), 400, "reset", True)
     assert out.getvalue() == dumps(fixture)
+
+
+def test_non_ascii_base64_names_file_and_line() -> None:
+    from difytw.fixture import FixtureError, loads
+
+    text = (
+        '{"type":"fixture","format":"sse-fixture/1","id":"x","provenance":"t"}\n'
+        '{"type":"request","method":"GET","path":"/v1/parameters"}\n'
+        '{"type":"response","t":0,"status":200,"headers":[]}\n'
+        '{"type":"chunk","t":1,"b64":"é=="}\n'
+    )
+    with pytest.raises(FixtureError, match=r"x\.jsonl:4: .*base64"):
+        loads(text, "x.jsonl")
