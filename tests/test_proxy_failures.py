@@ -68,16 +68,6 @@ async def test_connection_refused_is_502_upstream_unavailable(
     assert body["code"] == "upstream_unavailable" and body["status"] == 502
 
 
-@pytest_twisted.ensureDeferred
-async def test_unresolvable_host_is_502(start_proxy: Callable[..., RunningProxy]) -> None:
-    # .invalid never resolves (RFC 6761 section 6.4); no query leaves this machine
-    # when the resolver answers from its own rules.
-    proxy = start_proxy("http://difytw-test.invalid/v1", connect_timeout=2.0)
-    response, collector, _ = await fetch("GET", proxy.url + "/parameters")
-    assert response.code == 502
-    assert json.loads(collector.body)["code"] == "upstream_unavailable"
-
-
 class PlainTextServer(Protocol):
     """Answers anything, a TLS ClientHello included, with plain HTTP and hangs up."""
 
