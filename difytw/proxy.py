@@ -1,14 +1,14 @@
 """The difyproxy klein application: Dify's API behind your server, key injected, streamed.
 
 Per request: the raw target is vetted before any router sees it (``uri``), the headers are
-filtered both ways (``headers``), the body goes upstream from Twisted's spool through a
-``FileBodyProducer`` (no parse, no second copy), and the answer's body is relayed read by
+filtered both ways (``headers``), the body goes upstream from Twisted's spool through
+``relay.UploadBody`` (no parse, no second copy), and the answer's body is relayed read by
 read (``relay.BodyRelay``) with the upstream socket as the client's producer.  Everything
 that can go wrong has its own Dify-shaped answer (spec item 7): 502
-``upstream_unavailable`` when upstream cannot be reached, 504 ``upstream_timeout`` when no
-response head comes in time, and once a stream has started, a final ``error`` frame
-(``upstream_idle_timeout`` / ``upstream_disconnected``) because the status line is gone
-(dify-contract.md section 9.13).
+``upstream_unavailable`` when upstream cannot be reached, 504 ``upstream_timeout`` when
+upstream stays silent before its response head, and once a stream has started, a final
+``error`` frame (``upstream_idle_timeout`` / ``upstream_disconnected``) because the status
+line is gone (dify-contract.md section 9.13).
 
 The reactor, clock and HTTP client are parameters; nothing here imports the global reactor.
 """
