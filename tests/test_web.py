@@ -81,6 +81,7 @@ def content_type(response: Any) -> str:
         ("/index.html", "text/html; charset=utf-8"),
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/sse.js", "text/javascript; charset=utf-8"),
+        ("/transcript.js", "text/javascript; charset=utf-8"),
         ("/style.css", "text/css; charset=utf-8"),
     ],
 )
@@ -117,7 +118,7 @@ def test_every_asset_the_page_names_exists_and_none_is_remote() -> None:
     css = (STATIC / "style.css").read_text(encoding="utf-8")
     named = re.findall(r'(?:src|href)="([^"]+)"', html)
     named += [m for text in js.values() for m in re.findall(r'from "([^"]+)"', text)]
-    assert {"app.js", "style.css", "./sse.js"} <= set(named)
+    assert {"app.js", "style.css", "./sse.js", "./transcript.js"} <= set(named)
     for name in named:
         if name.startswith("data:"):
             continue
