@@ -162,7 +162,7 @@ def start_demo(reactor: Any, *, speed: float = 1.0) -> Demo:
     return Demo(replay, replay_port, proxy, site)
 
 
-def cannot_listen_message(listen: str, error: CannotListenError) -> str:
+def cannot_listen_message(error: CannotListenError) -> str:
     """One line for a port that cannot be used, naming it and how to choose another."""
     reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
     where = f"{error.interface or '0.0.0.0'}:{error.port}"
@@ -202,14 +202,24 @@ class DemoService(Service):
         self.demo = start_demo(self.reactor, speed=self.speed)
         listening = serverFromString(self.reactor, self.listen).listen(self.demo.site)
         failures: list[Failure] = []
-        listening.addCallbacks(self._listening, failures.append)
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                failures.append(failure)
+            else:  # other endpoint types may fail later, with nobody left to raise to
+                log.failure("demo: cannot listen on {listen}", failure, listen=self.listen)
+
+        listening.addCallbacks(self._listening, failed)
+        starting = False
         if failures:
             # TCP endpoints fail synchronously, so `twist` is still starting up: exit with one
             # clear line instead of a traceback and a server that serves nothing.
             self.demo.close()
+            self.demo = None
             error = failures[0].value
             if isinstance(error, CannotListenError):
-                raise SystemExit(cannot_listen_message(self.listen, error))
+                raise SystemExit(cannot_listen_message(error))
             failures[0].raiseException()
 
     def _listening(self, port: IListeningPort) -> None:
