@@ -12,12 +12,12 @@ import re
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.application.strports import service as endpointService
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.uri import normalize_prefix, normalize_upstream
+from difytw.web import ListeningService, demo_service
 
 KEY_ENV = "DIFY_API_KEY"
 BACKLOG = 1024  # Twisted's default of 50 overflows when ~1000 clients connect at once
@@ -173,6 +173,15 @@ class Options(usage.Options):
         ],
     ]
 
+    optFlags = [
+        [
+            "demo",
+            None,
+            "Run the offline demo: a chat page at / streaming from an in-process replay "
+            "server through this proxy.  Needs no key and no network; ignores --upstream.",
+        ],
+    ]
+
     config: ProxyConfig
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
@@ -180,6 +189,9 @@ class Options(usage.Options):
         self._environ = dict(os.environ) if environ is None else environ
 
     def postOptions(self) -> None:
+        if self["demo"]:
+            # The demo brings its own upstream (the replay server) and a made-up key.
+            return
         if not self["upstream"]:
             raise usage.UsageError("--upstream URL is required, e.g. https://api.dify.ai/v1")
         try:
@@ -222,6 +234,8 @@ class UpstreamPoolCloser(Service):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
+    if options["demo"]:
+        return demo_service(reactor, options["listen"])
     try:
         app = ProxyApp(options.config, reactor=reactor)
     except (OSError, ValueError) as error:  # e.g. an unreadable or empty --ca-bundle
@@ -229,6 +243,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = app.site()
     site.displayTracebacks = False
     top = MultiService()
-    endpointService(options["listen"], site, reactor=reactor).setServiceParent(top)
+    ListeningService(reactor, options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]
     UpstreamPoolCloser(app).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -200,27 +200,12 @@ class DemoService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.demo = start_demo(self.reactor, speed=self.speed)
-        listening = serverFromString(self.reactor, self.listen).listen(self.demo.site)
-        failures: list[Failure] = []
-        starting = True
-
-        def failed(failure: Failure) -> None:
-            if starting:
-                failures.append(failure)
-            else:  # other endpoint types may fail later, with nobody left to raise to
-                log.failure("demo: cannot listen on {listen}", failure, listen=self.listen)
-
-        listening.addCallbacks(self._listening, failed)
-        starting = False
-        if failures:
-            # TCP endpoints fail synchronously, so `twist` is still starting up: exit with one
-            # clear line instead of a traceback and a server that serves nothing.
+        try:
+            listen_or_exit(self.reactor, self.listen, self.demo.site).addCallback(self._listening)
+        except SystemExit:
             self.demo.close()
             self.demo = None
-            error = failures[0].value
-            if isinstance(error, CannotListenError):
-                raise SystemExit(cannot_listen_message(error))
-            failures[0].raiseException()
+            raise
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -237,6 +222,55 @@ class DemoService(Service):
             stopping.append(self.demo.close())
             self.demo = None
         return DeferredList(stopping) if stopping else None
+
+
+def listen_or_exit(reactor: Any, listen: str, factory: Any) -> Deferred[IListeningPort]:
+    """Listen on ``listen``; a port that cannot be used ends startup with one clear line.
+
+    TCP endpoints fail synchronously, so ``twist`` is still starting up: raising
+    ``SystemExit`` there exits non-zero with the message instead of a traceback and a server
+    that serves nothing.  Endpoint types that fail later are logged.
+    """
+    listening: Deferred[IListeningPort] = serverFromString(reactor, listen).listen(factory)
+    failures: list[Failure] = []
+    starting = True
+
+    def failed(failure: Failure) -> None:
+        if starting:
+            failures.append(failure)
+        else:
+            log.failure("cannot listen on {listen}", failure, listen=listen)
+
+    listening.addErrback(failed)
+    starting = False
+    if failures:
+        error = failures[0].value
+        if isinstance(error, CannotListenError):
+            raise SystemExit(cannot_listen_message(error))
+        failures[0].raiseException()
+    return listening
+
+
+class ListeningService(Service):
+    """Serves ``factory`` on ``listen`` while running (with :func:`listen_or_exit`)."""
+
+    def __init__(self, reactor: Any, listen: str, factory: Any) -> None:
+        self.reactor = reactor
+        self.listen = listen
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        listen_or_exit(self.reactor, self.listen, self.factory).addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else None
 
 
 def demo_service(reactor: Any, listen: str = DEFAULT_LISTEN, *, speed: float = 1.0) -> IService:

@@ -229,3 +229,40 @@ def test_garbage_ca_bundle_is_a_usage_error(tmp_path: Path) -> None:
     bundle.write_text("not a certificate\n")
     with pytest.raises(usage.UsageError):
         makeService(parse([*UPSTREAM, "--ca-bundle", str(bundle)]))
+
+
+def test_demo_needs_no_key_and_no_upstream() -> None:
+    from difytw.proxytap import makeService
+    from difytw.web import DemoService
+
+    options = parse(["--demo"], environ={})
+    service = makeService(options)
+    assert isinstance(service, DemoService)
+    assert options["listen"].startswith("tcp:8080:interface=127.0.0.1")
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    import socket
+
+    from twisted.internet import reactor
+
+    from difytw.proxytap import makeService
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        options = parse(
+            ["--upstream", "http://127.0.0.1:9", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            environ={"DIFY_API_KEY": "app-x"},
+        )
+        service = makeService(options, reactor=reactor)
+        with pytest.raises(SystemExit) as exit_info:
+            service.startService()
+        message = str(exit_info.value)
+        assert f"127.0.0.1:{port}" in message and "--listen tcp:" in message
+        assert "\n" not in message
+    finally:
+        taken.close()
+        service.stopService()  # nothing listened; closes the idle upstream pool
