@@ -89,7 +89,7 @@ def cpu_seconds() -> float:
 class SseRun:
     """Shared tallies of one SSE run; the streams report into it."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.latencies: list[int] = []
         self.ttfb: list[int] = []
@@ -100,8 +100,8 @@ class SseRun:
         self.pings = 0
         self.with_event = 0
         self.finished = 0
-        self.all_open = asyncio.get_running_loop().create_future()
-        self.all_done = asyncio.get_running_loop().create_future()
+        self.all_open = loop.create_future()
+        self.all_done = loop.create_future()
         self.first_start = 0
         self.last_end = 0
 
@@ -305,7 +305,7 @@ def chat_request(config: dict[str, Any], index: int, query: str) -> bytes:
 
 async def run_sse(config: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    run = SseRun(config)
+    run = SseRun(config, loop)
     count = config["concurrency"]
     query = "&".join(f"{k}={config[k]}" for k in ("n", "interval_ms", "answer_bytes", "hold_ms"))
     streams: list[SseStream] = []

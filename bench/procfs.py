@@ -60,6 +60,17 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs have spent not idle since boot (``/proc/stat``, first line)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
 def _status_kib(pid: int, field: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:

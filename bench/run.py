@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import resource
+import shlex
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ from processes import KEY, LOOPBACK, Child, free_port, run_loadgen, wait_port
 HERE = Path(__file__).resolve().parent
 PROXY_CPU, CLIENT_CPU = 1, 0
 DEFAULT_PROXY_CMD = (
-    f"{sys.executable} -m twisted difyproxy --upstream {{upstream}} "
+    f"{shlex.quote(sys.executable)} -m twisted difyproxy --upstream {{upstream}} "
     "--listen tcp:{port}:interface=127.0.0.1:backlog=1024"
 )
 
@@ -110,9 +111,7 @@ class Column:
         command = self.template.format(
             upstream=f"http://{LOOPBACK}:{self.upstream_port}", port=self.port
         )
-        self.child = Child(
-            self.name, ["bash", "-c", f"exec {command}"], self.logs, {"DIFY_API_KEY": KEY}
-        )
+        self.child = Child(self.name, ["bash", "-c", command], self.logs, {"DIFY_API_KEY": KEY})
         self.child.pin(PROXY_CPU)
         if not wait_port(self.port, self.child, 30):
             tail = self.child.log_tail()
@@ -156,6 +155,10 @@ def measure(column: Column, step: str, scenario: dict[str, Any], upstream: Child
         procfs.cpu_seconds(up_pids),
         procfs.tcp_counters(),
     )
+    # What the rest of the machine did meanwhile: busy time minus ours (this runner, its
+    # waited-for loadgen children, the upstream and the proxy).
+    machine0, self0 = procfs.machine_busy_seconds(), time.process_time()
+    children0 = _children_cpu()
     started = time.monotonic()
     config = column.config(scenario)
     if step == "idle":
@@ -195,9 +198,15 @@ def measure(column: Column, step: str, scenario: dict[str, Any], upstream: Child
     out["wall_s"] = round(wall, 3)
     out["tcp_delta"] = {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in tcp1}
     out["upstream_cpu_s"] = round(procfs.cpu_seconds(procfs.tree(upstream.pid)) - up_cpu0, 3)
-    # Busy shares over the load's own duration: the wall time also holds loadgen's start-up.
-    busy_s = result.get("duration_s") or wall
+    # Shares of one CPU over the scenario's wall time (loadgen start-up included, which
+    # only matters for the smoke plan's sub-second runs).
+    busy_s = wall
     out["cpu0_busy"] = (out["upstream_cpu_s"] + result.get("loadgen_cpu_s", 0)) / busy_s
+    ours = out["upstream_cpu_s"] + time.process_time() - self0 + _children_cpu() - children0
+    if pids:
+        ours += procfs.cpu_seconds(column.pids()) - cpu0
+    background = max(0.0, procfs.machine_busy_seconds() - machine0 - ours)
+    out["background_cpu_pct"] = round(background / wall * 100, 1)
     if pids:
         out["proxy_cpu_s"] = round(procfs.cpu_seconds(column.pids()) - cpu0, 3)
         out["proxy_cpu_busy"] = out["proxy_cpu_s"] / busy_s
@@ -207,14 +216,31 @@ def measure(column: Column, step: str, scenario: dict[str, Any], upstream: Child
     return out
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def select(steps: list[str]) -> list[str]:
+    """PLAN narrowed to ``steps``, keeping a restart only where a chosen step follows it."""
+    plan: list[str] = []
+    for step in PLAN:
+        if step == "restart":
+            if plan and plan[-1] != "restart":
+                plan.append(step)
+        elif step in steps:
+            plan.append(step)
+    return plan[:-1] if plan and plan[-1] == "restart" else plan
+
+
 def run_column(
-    column: Column, scenarios: dict[str, dict[str, Any]], upstream: Child
+    column: Column, scenarios: dict[str, dict[str, Any]], plan: list[str], upstream: Child
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"name": column.name, "command": column.template, "steps": {}}
     log(f"{column.name}: starting" + (f" on {column.port}" if column.template else ""))
     error = column.start() or column.warm_up()
     try:
-        for step in PLAN:
+        for step in plan:
             if error is not None:
                 break
             if step == "restart":
@@ -267,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_PROXY_CMD,
         help="proxy start command; {upstream} and {port} are filled in (default: %(default)s)",
     )
+    parser.add_argument(
+        "--steps",
+        default=",".join(s for s in PLAN if s != "restart"),
+        help="which scenarios to run (default: all, %(default)s)",
+    )
     parser.add_argument("--results", type=Path, default=HERE / "results", help="JSON + logs dir")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.columns.split(",") if n.strip()]
@@ -274,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown columns {sorted(unknown)}: use direct and/or {args.proxy_name}")
     scenarios = SMOKE if args.smoke else QUICK if args.quick else FULL
+    chosen = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if set(chosen) - set(scenarios):
+        parser.error(f"unknown steps {sorted(set(chosen) - set(scenarios))}")
+    plan = select(chosen)
+    scenarios = {k: v for k, v in scenarios.items() if k in plan}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
 
     nofile = raise_fd_limit()
@@ -297,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"upstream on {up_port}; {mode} plan; columns {', '.join(names)}")
         for name in names:
             template = None if name == "direct" else args.proxy_cmd
-            columns.append(run_column(Column(name, template, up_port, logs), scenarios, upstream))
+            column = Column(name, template, up_port, logs)
+            columns.append(run_column(column, scenarios, plan, upstream))
     finally:
         upstream.stop()
     table = report.render(columns, scenarios)
@@ -306,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "total_s": round(time.monotonic() - started, 1),
         "scenarios": scenarios,
-        "plan": PLAN,
+        "plan": plan,
         "pinning": f"proxy CPU {PROXY_CPU}, client side CPU {CLIENT_CPU}" if pinned else "none",
         "cpus": os.cpu_count(),
         "nofile": nofile,
@@ -319,12 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## difyproxy benchmark {stamp} ({mode}, {meta['total_s']} s)\n")
     print(
         "Added latency = receive time - upstream write time per event (CLOCK_MONOTONIC), ms. "
-        f"Proxy pinned to CPU {PROXY_CPU}; upstream + loadgen share CPU {CLIENT_CPU}.\n"
+        f"Proxy pinned to CPU {PROXY_CPU}; upstream + loadgen share CPU {CLIENT_CPU}. "
+        f"† = other processes used > {report.NOISY_PCT:g} % of a CPU during that step.\n"
     )
     print(table)
-    for column in columns:
-        if column.get("error"):
-            print(f"\n- **{column['name']}**: {column['error'][:600]}")
+    for done in columns:
+        if done.get("error"):
+            print(f"\n- **{done['name']}**: {done['error'][:600]}")
     print(f"\nresults: {out_path}")
     return 0
 
