@@ -87,11 +87,15 @@ def scrub_bytes(data: bytes, rules: Sequence[Rule]) -> tuple[bytes, set[str]]:
     return b"".join(out), applied
 
 
-def scrub_chunks(chunks: Sequence[bytes], rules: Sequence[Rule]) -> tuple[list[bytes], set[str]]:
+def scrub_chunks(
+    chunks: Sequence[bytes], rules: Sequence[Rule], *, keep_empty: bool = False
+) -> tuple[list[bytes], set[str]]:
     """Scrub the joined chunks and cut the result at the original boundaries.
 
     A boundary that fell inside a secret moves to the start of its
-    placeholder, so no piece of the secret survives on either side.
+    placeholder, so no piece of the secret survives on either side.  A chunk
+    left empty is dropped unless ``keep_empty`` (then the result lines up with
+    ``chunks`` one to one).
     """
     joined = b"".join(chunks)
     matches = _matches(joined, rules)
@@ -129,7 +133,8 @@ def scrub_chunks(chunks: Sequence[bytes], rules: Sequence[Rule]) -> tuple[list[b
         cut = moved(boundary) if boundary < len(joined) else len(scrubbed)
         result.append(scrubbed[previous:cut])
         previous = cut
-    return [piece for piece in result if piece], {m[3] for m in matches}
+    kept = result if keep_empty else [piece for piece in result if piece]
+    return kept, {m[3] for m in matches}
 
 
 def scrub_text(text: str, rules: Sequence[Rule]) -> tuple[str, set[str]]:

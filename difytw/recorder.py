@@ -1,0 +1,218 @@
+"""Recording one live exchange into an ``sse-fixture/1`` file as it streams (no Twisted).
+
+``ExchangeRecorder`` is fed what a relay sees -- the response head, each upstream read,
+how it ended -- and appends it to a fixture file.  Three promises:
+
+- **The file is always loadable.**  After every chunk line a provisional ``end`` record
+  (``how: "reset"``, ``incomplete: true``) follows it; the next chunk overwrites it.  A
+  proxy killed mid-stream leaves a fixture that says it was cut short.
+- **Secrets never reach the disk**, even one split across two reads: chunks pass a
+  ``StreamingScrubber`` that holds back the last ``window`` bytes, scrubs the joined
+  bytes and cuts them again at the original read boundaries (``difytw.scrub``).  The
+  price is that the last few KiB of a live recording land on disk a little later.
+- **Recording never disturbs the stream**: a write error marks the recording failed
+  (the caller logs it) and every later call is a no-op.
+
+Files are created ``0600`` and never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from difytw.fixture import FixtureWriter, MatchRules, Request, Response
+from difytw.scrub import Rule, scrub_bytes, scrub_chunks, scrub_text
+
+# Longest secret we promise to catch across reads: a JWT bearer token fits in this.
+SCRUB_WINDOW = 4096
+
+
+class StreamingScrubber:
+    """Scrubs a stream of timed reads, releasing a read once enough bytes follow it."""
+
+    def __init__(self, rules: Sequence[Rule], window: int = SCRUB_WINDOW) -> None:
+        self.rules = list(rules)
+        self.window = window
+        self.applied: set[str] = set()
+        self._held: list[tuple[float, bytes]] = []
+        self._after_first = 0  # bytes held behind the oldest held read
+
+    def push(self, t: float, data: bytes) -> list[tuple[float, bytes]]:
+        if not data:
+            return []
+        self._held.append((t, data))
+        if len(self._held) > 1:
+            self._after_first += len(data)
+        if self._after_first < self.window:
+            return []
+        self._scrub_held()
+        released: list[tuple[float, bytes]] = []
+        while len(self._held) > 1 and self._after_first >= self.window:
+            released.append(self._held.pop(0))
+            self._after_first -= len(self._held[0][1])
+        return [(t, d) for t, d in released if d]
+
+    def flush(self) -> list[tuple[float, bytes]]:
+        self._scrub_held()
+        released, self._held, self._after_first = self._held, [], 0
+        return [(t, d) for t, d in released if d]
+
+    def _scrub_held(self) -> None:
+        # Held reads are replaced by their scrubbed pieces, so a secret that a later
+        # window sees only the tail of was already replaced whole (placeholders never
+        # match a rule), and a boundary inside a secret moved before its placeholder.
+        times = [t for t, _ in self._held]
+        pieces, applied = scrub_chunks([d for _, d in self._held], self.rules, keep_empty=True)
+        self.applied |= applied
+        self._held = list(zip(times, pieces, strict=True))
+        self._after_first = sum(len(d) for _, d in self._held[1:])
+
+
+# Request headers worth keeping in a fixture: what Dify acts on, never credentials.
+RECORDED_HEADERS = ("content-type", "accept", "x-trace-id", "traceparent")
+MAX_RECORDED_BODY = 1 << 20  # larger request bodies (uploads) are noted, not stored
+
+
+def recorded_request(
+    method: str,
+    path: str,
+    query: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    rules: Sequence[Rule],
+) -> tuple[Request, str]:
+    """The scrubbed ``Request`` record for a live request, and a note about it."""
+    kept = tuple((n, v) for n, v in headers if n.lower() in RECORDED_HEADERS)
+    query, _ = scrub_text(query, rules)
+    content_type = next((v for n, v in kept if n.lower() == "content-type"), "")
+    if len(body) > MAX_RECORDED_BODY:
+        note = f"request body of {len(body)} bytes not stored; any body matches"
+        return Request(method, path, query, kept, match=MatchRules(keys=())), note
+    clean, _ = scrub_bytes(body, rules)
+    if content_type.lower().startswith("application/json"):
+        try:
+            value = json.loads(clean)
+        except ValueError:
+            pass
+        else:
+            return Request.with_json(method, path, value, query=query, headers=kept), ""
+    if not clean:
+        return Request(method, path, query, kept), ""
+    return Request(method, path, query, kept, body=clean, match=MatchRules(keys=())), ""
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def fixture_name(started: float, method: str, path: str, serial: int) -> str:
+    """A fixture id (and file stem) that sorts by time and says what it was."""
+    slug = _UNSAFE.sub("-", path.strip("/")).strip("-")[:60] or "root"
+    stamp = f"{started:.3f}".replace(".", "-")
+    return f"rec-{stamp}-{method.lower()}-{slug}-{serial}"
+
+
+class ExchangeRecorder:
+    """Appends one exchange to ``directory/<id>.jsonl``; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: Path,
+        fixture_id: str,
+        *,
+        request: Request,
+        rules: Sequence[Rule],
+        now: Callable[[], float],
+        provenance: str = "recorded by difytw",
+        notes: str = "",
+    ) -> None:
+        self.path = directory / f"{fixture_id}.jsonl"
+        self.fixture_id = fixture_id
+        self.request = request
+        self.rules = list(rules)
+        self.now = now
+        self.started = now()
+        self.provenance = provenance
+        self.notes = notes
+        self.failed: OSError | None = None
+        self.ended = False
+        self._scrubber = StreamingScrubber(self.rules)
+        self._out: io.TextIOWrapper | None = None
+        self._writer: FixtureWriter | None = None
+        self._tail = 0  # where the provisional end record starts
+
+    def _ms(self) -> float:
+        return round((self.now() - self.started) * 1000, 3)
+
+    def response(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        """The response head arrived: create the file and write the head records."""
+        if self._writer is not None or self.failed is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._out = open(fd, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+            self._writer = FixtureWriter(
+                self._out,
+                self.fixture_id,
+                self.provenance,
+                self.request,
+                Response(self._ms(), status, tuple(headers)),
+                notes=self.notes,
+                scrubbed=tuple(rule.name for rule in self.rules),
+            )
+            self._provisional_end()
+        except OSError as error:
+            self._fail(error)
+
+    def chunk(self, data: bytes) -> None:
+        """One upstream read, as it was passed to the client."""
+        if self._writer is None or self.ended:
+            return
+        self._write(self._scrubber.push(self._ms(), data))
+
+    def end(self, how: str) -> None:
+        """The exchange is over: ``eof``, ``reset`` (upstream or client cut it), ``timeout``."""
+        if self._writer is None or self.ended:
+            return
+        self.ended = True
+        pieces = self._scrubber.flush()
+        try:
+            assert self._out is not None
+            self._out.seek(self._tail)
+            for t, data in pieces:
+                self._writer.chunk(t, data)
+            self._writer.end(self._ms(), how, incomplete=how != "eof")
+            self._out.truncate()
+            self._out.close()
+        except OSError as error:
+            self._fail(error)
+
+    def _write(self, pieces: list[tuple[float, bytes]]) -> None:
+        if not pieces:
+            return
+        assert self._writer is not None and self._out is not None
+        try:
+            self._out.seek(self._tail)
+            for t, data in pieces:
+                self._writer.chunk(t, data)
+            self._provisional_end()
+        except OSError as error:
+            self._fail(error)
+
+    def _provisional_end(self) -> None:
+        assert self._writer is not None and self._out is not None
+        self._tail = self._out.tell()
+        self._writer.end(self._ms(), "reset", incomplete=True)
+        self._out.truncate()
+
+    def _fail(self, error: OSError) -> None:
+        self.failed = error
+        self.ended = True
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
