@@ -148,15 +148,19 @@ def end_for(body: bytes, t: float, how: str = "eof", incomplete: bool = False) -
 # -- reading ------------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike[str]) -> Fixture:
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A fixture file's text; a file that is not UTF-8 is a ``FixtureError`` at its line."""
     name = os.fspath(path)
     with open(name, "rb") as f:
         raw = f.read()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise FixtureError(name, raw[: e.start].count(b"\n") + 1, "file is not UTF-8") from None
-    return loads(text, name)
+
+
+def load(path: str | os.PathLike[str]) -> Fixture:
+    return loads(read_text(path), os.fspath(path))
 
 
 def loads(text: str, source: str = "<string>") -> Fixture:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from difytw.fixture import Fixture, FixtureError, loads
+from difytw.fixture import Fixture, FixtureError, loads, read_text
 from difytw.scrub import DEFAULT_RULES
 from difytw.streamlint import Lines, stream_problems
 
@@ -44,12 +44,10 @@ class Finding:
 
 def lint_file(path: str | os.PathLike[str]) -> list[Finding]:
     name = os.fspath(path)
-    with open(name, "rb") as f:
-        raw = f.read()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return [Finding(name, raw[: e.start].count(b"\n") + 1, "file is not UTF-8")]
+        text = read_text(name)
+    except FixtureError as e:
+        return [Finding(name, e.line, e.problem)]
     return lint_text(text, name, Path(name).stem)
 
 
