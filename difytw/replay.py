@@ -20,13 +20,13 @@ import hmac
 import json
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 
 from difytw import blocking, uploads
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
@@ -81,8 +81,7 @@ class ReplayApp:
         self.playbacks: dict[str, list[Playback]] = {}
 
     def resource(self) -> IResource:
-        resource: IResource = self.app.resource()
-        return resource
+        return _Utf8Gate(self.app.resource(), self)
 
     @app.route("/_replay/journal", methods=["GET"])
     def journal_get(self, request: IRequest) -> bytes:
@@ -253,6 +252,29 @@ class ReplayApp:
             code=error.code,
         )
         return self._send_json(request, entry, error.status, error.body())
+
+
+class _Utf8Gate(Resource):
+    """Answers a request-target that is not UTF-8 with Dify's JSON 400.
+
+    klein would answer it itself, in plain text, before any route runs.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, app: ReplayApp) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._inner = inner
+        self._app = app
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            unquote_to_bytes(request.uri.split(b"?", 1)[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+            return DifyError(400, "invalid_param", "The request path is not UTF-8.").body()
+        return self._inner.render(request)
 
 
 def _json_body(content_type: bytes, body: bytes) -> Any:

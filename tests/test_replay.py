@@ -524,3 +524,10 @@ async def test_stop_needs_a_user(replay: RunningReplay) -> None:
     answer = await send(replay, stop_call("t1", None))
     assert answer.status == 400
     assert json.loads(answer.body)["message"] == "Arg user must be provided."
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_that_is_not_utf8_is_a_dify_400(replay: RunningReplay) -> None:
+    response = await send(replay, build_request("GET", "/v1/%ff"))
+    assert response.status == 400
+    assert json.loads(response.body)["code"] == "invalid_param"
