@@ -7,8 +7,13 @@ read (``relay.BodyRelay``) with the upstream socket as the client's producer.  E
 that can go wrong has its own Dify-shaped answer (spec item 7): 502
 ``upstream_unavailable`` when upstream cannot be reached, 504 ``upstream_timeout`` when
 upstream stays silent before its response head, and once a stream has started, a final
-``error`` frame (``upstream_idle_timeout`` / ``upstream_disconnected``) because the status
-line is gone (dify-contract.md section 9.13).
+``error`` frame (``upstream_idle_timeout`` / ``upstream_disconnected`` /
+``stream_duration_exceeded``) because the status line is gone (dify-contract.md section 9.13).
+
+Every stream is watched on the side (``streamwatch``, fed after each write) and bounded by
+``--max-stream-duration``.  When a stream ends before its terminal event because the client
+left or the proxy gave up on it, the run is stopped upstream (``stopper``, issue 7); every
+finished stream leaves one usage line (``usage``).
 
 The reactor, clock and HTTP client are parameters; nothing here imports the global reactor.
 """
@@ -53,7 +58,17 @@ from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
 from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
 from difytw.relay import BodyObserver, BodyRelay, RelayEnd, UploadBody
+from difytw.stopper import (
+    MAX_BODY_FOR_USER,
+    StopClient,
+    StopPolicy,
+    UpstreamRun,
+    body_user,
+    query_user,
+    run_route,
+)
 from difytw.uri import RequestTarget, UpstreamRoute
+from difytw.usage import log_usage
 
 _log = Logger()
 
@@ -78,6 +93,9 @@ class ProxyConfig:
     idle_timeout: float = 300.0
     connect_timeout: float = 10.0
     ca_bundle: str | None = None  # PEM file of private CA certificates for https upstreams
+    max_stream_duration: float = 30 * 60.0
+    stop_on_disconnect: bool = True  # call Dify's stop endpoint for abandoned runs
+    resume_workflows: bool = False  # ...except workflow and chatflow runs, left to resume
 
 
 @implementer(IAgent)
@@ -215,10 +233,15 @@ class ProxyApp:
             else Cooperator(scheduler=partial(reactor.callLater, 0))
         )
         self._observe = observe
+        # Stop calls run on the reactor's time: they outlive the exchange the clock times.
+        self._stopper = StopClient(self._client, self._key, clock=reactor)
+        self._stop_policy = StopPolicy(config.stop_on_disconnect, config.resume_workflows)
 
     def close(self) -> Deferred[None]:
-        """Close idle pooled upstream connections (at service stop)."""
-        closing: Deferred[None] = self._pool.closeCachedConnections()
+        """Let stop calls in flight end, then close idle pooled upstream connections."""
+        closing: Deferred[None] = self._stopper.drain().addCallback(
+            lambda _: self._pool.closeCachedConnections()
+        )
         return closing
 
     def resource(self) -> IResource:
@@ -273,7 +296,23 @@ class ProxyApp:
         content.seek(0)
         return UploadBody(content, cooperator=self._cooperator, progress=progress)
 
+    def _upstream_run(self, request: ProxyExchange, url: bytes) -> UpstreamRun:
+        """What this request may start upstream, and the ``user`` it goes with."""
+        route = run_route(request.method, url)
+        path, _, query = request.uri.partition(b"?")
+        user = query_user(query)
+        content = request.content
+        if route is not None and content is not None:
+            content.seek(0, 2)
+            if content.tell() <= MAX_BODY_FOR_USER:
+                content.seek(0)
+                content_type = request.requestHeaders.getRawHeaders(b"Content-Type", [None])[0]
+                user = body_user(content_type, content.read())
+            content.seek(0)
+        return UpstreamRun(path.decode("latin-1"), route, user, self._clock.seconds())
+
     async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
+        run = self._upstream_run(request, url)
         address = getattr(request.getClientAddress(), "host", None)
         headers = Headers()
         for name, values in upstream_request_headers(
@@ -367,20 +406,54 @@ class ProxyApp:
         request.write(b"")  # the head goes out now, before the first event
         request.head_at = self._clock.seconds()
 
-        observer = self._observe(request, stream) if self._observe is not None else None
         relay = BodyRelay(
             request.write,
             clock=self._clock,
             idle_timeout=self.config.idle_timeout,
-            observer=observer,
+            max_duration=self.config.max_stream_duration if stream else None,
+            observer=self._observer(request, stream, run),
         )
         request.registerProducer(relay, True)
         response.deliverBody(relay)
         end = await relay.done
-        if not self._finish(request, end, stream):
+        finished_cleanly = self._finish(request, end, stream)
+        if stream:
+            self._stream_over(run, relay, end)
+        if not finished_cleanly:
             # klein finishes the request when this handler returns; returning only once
             # the connection is gone keeps it from ending a cut body cleanly.
             await finished
+
+    def _observer(
+        self, request: ProxyExchange, stream: bool, run: UpstreamRun
+    ) -> BodyObserver | None:
+        """The stream's watch, as the relay's observer (with the test hook, if given)."""
+        watching = run.watch.feed if stream else None
+        extra = self._observe(request, stream) if self._observe is not None else None
+        if extra is None or watching is None:
+            return watching or extra
+
+        def both(data: bytes) -> None:
+            watching(data)
+            extra(data)
+
+        return both
+
+    def _stream_over(self, run: UpstreamRun, relay: BodyRelay, end: RelayEnd) -> None:
+        """Stop the run if it was abandoned (issue 7), and log the stream's usage."""
+        stopping = self._stop_policy.wants_stop(run, end)
+        if stopping:
+            # After the upstream socket is closed, so Dify sees the reader gone first.
+            relay.upstream_closed.addCallback(lambda _: self._stopper.stop(run))
+        log_usage(
+            run.watch,
+            user=run.user,
+            endpoint=run.endpoint,
+            end=end.value,
+            relayed=relay.relayed,
+            duration=self._clock.seconds() - run.started,
+            stop_call=stopping,
+        )
 
     def _finish(self, request: ProxyExchange, end: RelayEnd, stream: bool) -> bool:
         """End the client's side of the exchange; False while its connection is closing."""
@@ -394,15 +467,19 @@ class ProxyApp:
         if stream:
             # The status line is long gone: Dify's way to fail a started stream is a final
             # error frame (dify-contract.md section 2.5), then a clean end.
+            status = 504
             if end is RelayEnd.IDLE_TIMEOUT:
                 message = (
                     f"The upstream Dify API sent nothing for {self.config.idle_timeout:g} seconds."
                 )
+            elif end is RelayEnd.DURATION_EXCEEDED:
+                message = (
+                    f"The stream ran past the proxy's limit of "
+                    f"{self.config.max_stream_duration:g} seconds."
+                )
             else:
-                message = "The upstream Dify API closed the stream before it ended."
-            request.write(
-                error_frame(504 if end is RelayEnd.IDLE_TIMEOUT else 502, end.value, message)
-            )
+                status, message = 502, "The upstream Dify API closed the stream before it ended."
+            request.write(error_frame(status, end.value, message))
             request.finish()
             return True
         # A non-stream body cut short: a clean end would pass off a truncated body as

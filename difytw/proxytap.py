@@ -171,6 +171,14 @@ class Options(usage.Options):
             "Syntax: DURATION.  Connecting to upstream longer than this answers 502 "
             "upstream_unavailable.",
         ],
+        [
+            "max-stream-duration",
+            None,
+            "30m",
+            "Syntax: DURATION.  A stream open this long ends with a final "
+            "stream_duration_exceeded error event (status 504) and a clean close, and its "
+            "run is stopped upstream as when the client leaves.",
+        ],
     ]
 
     optFlags = [
@@ -179,6 +187,20 @@ class Options(usage.Options):
             None,
             "Run the offline demo: a chat page at / streaming from an in-process replay "
             "server through this proxy.  Needs no key and no network; ignores --upstream.",
+        ],
+        [
+            "no-stop-on-disconnect",
+            None,
+            "Leave Dify's run going when a stream ends before its last event (the client "
+            "left, or the idle or duration limit ended it).  By default the proxy calls the "
+            "run's stop endpoint with the run's user, so it spends no more tokens.",
+        ],
+        [
+            "resume-workflows",
+            None,
+            "Leave workflow and chatflow runs going when their stream is abandoned, for the "
+            "client to resume with GET /workflow/{run id}/events; chat, agent and completion "
+            "runs are still stopped.",
         ],
     ]
 
@@ -200,7 +222,12 @@ class Options(usage.Options):
             max_body = parse_size(self["max-body"])
             timeouts = {
                 name: parse_duration(self[name])
-                for name in ("header-timeout", "idle-timeout", "connect-timeout")
+                for name in (
+                    "header-timeout",
+                    "idle-timeout",
+                    "connect-timeout",
+                    "max-stream-duration",
+                )
             }
         except (ValueError, UnicodeEncodeError) as error:
             raise usage.UsageError(str(error)) from None
@@ -217,6 +244,9 @@ class Options(usage.Options):
             idle_timeout=timeouts["idle-timeout"],
             connect_timeout=timeouts["connect-timeout"],
             ca_bundle=ca_bundle,
+            max_stream_duration=timeouts["max-stream-duration"],
+            stop_on_disconnect=not self["no-stop-on-disconnect"],
+            resume_workflows=bool(self["resume-workflows"]),
         )
 
 

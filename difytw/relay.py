@@ -49,6 +49,7 @@ class RelayEnd(enum.Enum):
     COMPLETED = "completed"
     UPSTREAM_DISCONNECTED = "upstream_disconnected"
     IDLE_TIMEOUT = "upstream_idle_timeout"
+    DURATION_EXCEEDED = "stream_duration_exceeded"
     CLIENT_GONE = "client_closed"
 
 
@@ -62,8 +63,10 @@ class BodyRelay(Protocol):
 
     ``idle_timeout`` (seconds, or None for none) ends the relay when upstream sends
     nothing for that long while the client is keeping up; time spent paused by a slow
-    client does not count.  ``observer``, when given, sees every chunk after it was
-    written: the hook for side-parsing a stream (e.g. for ``task_id``) without delaying it.
+    client does not count.  ``max_duration`` (seconds, or None) ends the relay that long
+    after it was made, however busy the stream (``--max-stream-duration``).  ``observer``,
+    when given, sees every chunk after it was written: the hook for side-parsing a stream
+    (e.g. for ``task_id``) without delaying it.  ``relayed`` counts the bytes passed on.
     """
 
     def __init__(
@@ -72,9 +75,12 @@ class BodyRelay(Protocol):
         *,
         clock: IReactorTime,
         idle_timeout: float | None,
+        max_duration: float | None = None,
         observer: BodyObserver | None = None,
     ) -> None:
         self.done: Deferred[RelayEnd] = Deferred(self._cancelled)
+        # Fires once the upstream connection is really gone, which can be after ``done``.
+        self.upstream_closed: Deferred[None] = Deferred()
         self.ended: RelayEnd | None = None
         self._write = write
         self._clock = clock
@@ -84,6 +90,10 @@ class BodyRelay(Protocol):
         self._idle: IDelayedCall | None = None
         self._upstream: IPushProducer | None = None
         self._paused = False
+        self.relayed = 0
+        self._deadline: IDelayedCall | None = None
+        if max_duration is not None:
+            self._deadline = clock.callLater(max_duration, self._duration_exceeded)
 
     # -- Protocol: the upstream side ------------------------------------------------
 
@@ -101,6 +111,7 @@ class BodyRelay(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._write(data)
+        self.relayed += len(data)
         observer = self._observer
         if observer is not None:
             try:
@@ -115,6 +126,8 @@ class BodyRelay(Protocol):
             idle.reset(self._idle_seconds)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.upstream_closed.called:
+            self.upstream_closed.callback(None)
         if self.ended is not None:
             return
         # PotentialDataLoss is how a body without Content-Length or chunking ends: by
@@ -165,6 +178,10 @@ class BodyRelay(Protocol):
         self._idle = None
         self._end(RelayEnd.IDLE_TIMEOUT, stop_upstream=True)
 
+    def _duration_exceeded(self) -> None:
+        self._deadline = None
+        self._end(RelayEnd.DURATION_EXCEEDED, stop_upstream=True)
+
     def _stop_upstream(self) -> None:
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
@@ -178,6 +195,9 @@ class BodyRelay(Protocol):
         self._write = _discard
         self._observer = None
         self._disarm()
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
         if stop_upstream:
             self._stop_upstream()
         else:
