@@ -11,7 +11,9 @@ how it ended -- and appends it to a fixture file.  Three promises:
   bytes and cuts them again at the original read boundaries (``difytw.scrub``).  The
   price is that the last few KiB of a live recording land on disk a little later.
 - **Recording never disturbs the stream**: a write error marks the recording failed
-  (the caller logs it) and every later call is a no-op.
+  (the caller logs it) and every later call is a no-op.  The file is cut back to its last
+  good provisional ``end`` (a full disk can leave half a line), or removed when not even
+  the head was written.
 
 Files are created ``0600`` and never overwritten.
 """
@@ -86,13 +88,20 @@ def recorded_request(
     headers: Sequence[tuple[str, str]],
     body: bytes,
     rules: Sequence[Rule],
+    *,
+    size: int | None = None,
 ) -> tuple[Request, str]:
-    """The scrubbed ``Request`` record for a live request, and a note about it."""
+    """The scrubbed ``Request`` record for a live request, and a note about it.
+
+    ``size`` is the body's full length when ``body`` holds only its start (a caller need
+    not read a 100 MB upload to learn that it is too big to store).
+    """
     kept = tuple((n, v) for n, v in headers if n.lower() in RECORDED_HEADERS)
     query, _ = scrub_text(query, rules)
     content_type = next((v for n, v in kept if n.lower() == "content-type"), "")
-    if len(body) > MAX_RECORDED_BODY:
-        note = f"request body of {len(body)} bytes not stored; any body matches"
+    size = len(body) if size is None else size
+    if size > MAX_RECORDED_BODY:
+        note = f"request body of {size} bytes not stored; any body matches"
         return Request(method, path, query, kept, match=MatchRules(keys=())), note
     clean, _ = scrub_bytes(body, rules)
     if content_type.lower().startswith("application/json"):
@@ -145,6 +154,7 @@ class ExchangeRecorder:
         self._out: io.TextIOWrapper | None = None
         self._writer: FixtureWriter | None = None
         self._tail = 0  # where the provisional end record starts
+        self._good_end: bytes | None = None  # that record's bytes, to restore after an error
 
     def _ms(self) -> float:
         return round((self.now() - self.started) * 1000, 3)
@@ -154,7 +164,8 @@ class ExchangeRecorder:
         if self._writer is not None or self.failed is not None:
             return
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Read-write only so that _provisional_end can read its own record back.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             self._out = open(fd, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
             self._writer = FixtureWriter(
                 self._out,
@@ -208,11 +219,25 @@ class ExchangeRecorder:
         assert self._writer is not None and self._out is not None
         self._tail = self._out.tell()
         self._writer.end(self._ms(), "reset", incomplete=True)
-        self._out.truncate()
+        size = self._out.truncate()
+        self._good_end = os.pread(self._out.fileno(), size - self._tail, self._tail)
 
     def _fail(self, error: OSError) -> None:
         self.failed = error
         self.ended = True
-        if self._out is not None:
-            with contextlib.suppress(OSError):
-                self._out.close()
+        out, self._out = self._out, None
+        if out is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            out.close()  # may flush what failed once more: the file is cut back below
+        # Best effort: with the disk full, cutting frees the room the old record needs.
+        with contextlib.suppress(OSError):
+            if self._good_end is None:
+                os.unlink(self.path)  # not even the head made it: nothing loadable to keep
+                return
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, self._tail)
+                os.pwrite(fd, self._good_end, self._tail)
+            finally:
+                os.close(fd)

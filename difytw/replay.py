@@ -9,6 +9,11 @@ Faults from ``X-Replay-Fault`` reshape that plan (``difytw.faults``).  A
 blocking request answered from a streaming fixture gets the folded JSON
 (``difytw.blocking``); uploads get a file object built from the real body.
 
+In a recording mode (``difytw.passthrough.RecordMode``, issue 4) a request with no
+fixture -- or every request, in ``all`` -- is forwarded to the real Dify instead and
+recorded as it streams; the new fixture joins the live index, so the same request is
+replayed from then on.
+
 The clock is injected; a client that leaves cancels its pending write at once,
 so no ``DelayedCall`` outlives its connection.
 """
@@ -23,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
 
 from klein import Klein
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -31,9 +37,13 @@ from twisted.web.resource import IResource, Resource
 from difytw import blocking, uploads
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
 from difytw.faults import FAULT_HEADER, FAULT_QUERY_PARAM, FaultError, Faults, plan_writes
+from difytw.fixture import Fixture
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch
 from difytw.journal import Journal, JournalEntry, allowed_headers
+from difytw.passthrough import Passthrough, RecordMode
 from difytw.playback import Playback
+from difytw.recordfolder import RecordingTap
+from difytw.uri import RequestTarget
 
 log = Logger()
 
@@ -71,6 +81,8 @@ class ReplayApp:
         speed: float = 1.0,
         api_key: str | None = None,
         journal: Journal | None = None,
+        record_mode: RecordMode = RecordMode.NONE,
+        passthrough: Passthrough | None = None,
     ) -> None:
         self.index = index
         self.clock = clock
@@ -79,6 +91,11 @@ class ReplayApp:
         self.journal = journal if journal is not None else Journal()
         # Streams in flight by task id, so a stop call can find them.
         self.playbacks: dict[str, list[Playback]] = {}
+        # `once` is settled by what the directory held at startup (VCR.py's rule).
+        self.record_mode = record_mode.resolved(bool(index.fixtures))
+        if self.record_mode is not RecordMode.NONE and passthrough is None:
+            raise ValueError(f"record mode {record_mode.value!r} needs an upstream to record")
+        self.passthrough = passthrough
 
     def resource(self) -> IResource:
         return _Utf8Gate(self.app.resource(), self)
@@ -136,11 +153,19 @@ class ReplayApp:
         payload = _json_body(content_type, body)
         stop = STOP_ROUTE.match(path)
         if stop is not None and request.method == b"POST":
+            if self.record_mode is not RecordMode.NONE and stop.group("task") not in self.playbacks:
+                # A run this server forwarded lives upstream: stop it there (a stop's
+                # answer is not worth a fixture, and replayed stops are answered here).
+                return self._forward(request, entry, path, query, record=False)
             return self._stop(request, entry, stop.group("task"), payload)
+        if self.record_mode is RecordMode.ALL:
+            return self._forward(request, entry, path, query, record=True)
         incoming = Incoming(request.method.decode("latin-1"), path, query, payload, body)
         try:
             fixture = self.index.match(incoming)
         except NoMatch as miss:
+            if self.record_mode is RecordMode.NEW_EPISODES:
+                return self._forward(request, entry, path, query, record=True)
             if path.endswith("/files/upload") and request.method == b"POST":
                 raw_type = request.getHeader(b"content-type") or b""  # boundary is case-sensitive
                 return self._upload(request, entry, raw_type, length)
@@ -171,6 +196,38 @@ class ReplayApp:
             running.append(playback)
             playback.on_end.append(self._forget)
         return playback.start()
+
+    def _forward(
+        self, request: IRequest, entry: JournalEntry, path: str, query: str, *, record: bool
+    ) -> Deferred[bytes | None]:
+        assert self.passthrough is not None
+        RequestTarget.parse(request.uri)  # the real key goes with it: only safe targets
+        url = self.passthrough.url_for(path, query)
+        tap = self.passthrough.tap(request, url) if record else None
+        if tap is not None:
+            entry.fixture = tap.recorder.fixture_id
+            tap.on_end.append(self._recorded)
+        return ensureDeferred(self._forwarding(request, entry, url, tap))
+
+    async def _forwarding(
+        self, request: IRequest, entry: JournalEntry, url: bytes, tap: RecordingTap | None
+    ) -> bytes | None:
+        assert self.passthrough is not None
+        try:
+            await self.passthrough.forward(request, url, entry=entry, journal=self.journal, tap=tap)
+        except DifyError as error:
+            return self._error(request, entry, error)
+        return None
+
+    def _recorded(self, fixture: Fixture) -> None:
+        # Issue 4 item 2: the same request replays from now on, without a restart.
+        self.index = FixtureIndex.from_fixtures([*self.index.fixtures, fixture])
+        log.info(
+            "recorded {fixture} for {method} {path}",
+            fixture=fixture.id,
+            method=fixture.request.method,
+            path=fixture.request.path,
+        )
 
     def _forget(self, playback: Playback) -> None:
         assert playback.task_id is not None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.task import Clock
 from twisted.python import usage
 
 from difytw import replaytap
+from difytw.passthrough import RecordMode
 from tests.conftest import FIXTURES
 
 
@@ -60,3 +62,89 @@ def test_make_service_listens_on_the_endpoint() -> None:
     options = parse("--fixtures", str(FIXTURES), "--listen", "tcp:0:interface=127.0.0.1")
     service = replaytap.makeService(options, reactor=Clock())
     assert IService.providedBy(service)
+
+
+# -- recording modes (issue 4 item 2) ---------------------------------------------------------
+
+REAL_KEY = "app-real0key0for0recording0only"
+UPSTREAM = ["--upstream", "http://dify.internal"]
+
+
+def parse_recording(
+    folder: Path, *argv: str, environ: dict[str, str] | None = None
+) -> replaytap.Options:
+    options = replaytap.Options(environ={"DIFY_API_KEY": REAL_KEY} if environ is None else environ)
+    options.parseOptions(["--fixtures", str(folder), *argv])
+    return options
+
+
+def test_record_mode_defaults_to_none_and_needs_nothing(tmp_path: Path) -> None:
+    options = parse_recording(tmp_path, environ={})
+    assert options.record_mode is RecordMode.NONE
+
+
+def test_record_missing_is_new_episodes(tmp_path: Path) -> None:
+    options = parse_recording(tmp_path, "--record-missing", *UPSTREAM)
+    assert options.record_mode is RecordMode.NEW_EPISODES
+    assert options.upstream_key == REAL_KEY
+
+
+@pytest.mark.parametrize("mode", ["once", "new_episodes", "all"])
+def test_every_mode_is_known(tmp_path: Path, mode: str) -> None:
+    assert parse_recording(tmp_path, "--record-mode", mode, *UPSTREAM).record_mode.value == mode
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--record-mode", "once"], None, "--record-mode once needs --upstream URL"),
+        (["--record-missing"], None, "--record-mode new_episodes needs --upstream URL"),
+        (["--record-mode", "all", *UPSTREAM], {}, r"needs the real Dify app key in \$DIFY_API_KEY"),
+        (["--record-mode", "all", *UPSTREAM], {"DIFY_API_KEY": "a b"}, "DIFY_API_KEY"),
+        (["--record-mode", "sometimes"], None, "--record-mode must be none, once"),
+        (["--record-missing", "--record-mode", "all"], None, "--record-missing means"),
+        (["--record-mode", "all", "--upstream", "ftp://x"], None, "--upstream: upstream must"),
+        (["--record-mode", "all", "--upstream", "http://x/v1"], None, "without /v1"),
+        (["--scrub", "no-equals-sign"], None, "--scrub needs REGEX=PLACEHOLDER"),
+        (["--scrub", "(=x"], None, "bad regular expression"),
+    ],
+)
+def test_recording_usage_errors_name_the_flag(
+    tmp_path: Path, argv: list[str], environ: dict[str, str] | None, message: str
+) -> None:
+    with pytest.raises(usage.UsageError, match=message):
+        parse_recording(tmp_path, *argv, environ=environ)
+
+
+def test_scrub_rules_are_collected(tmp_path: Path) -> None:
+    options = parse_recording(tmp_path, "--scrub", "sk-[a-z]+=SK", "--scrub", "x=y")
+    assert [rule.placeholder for rule in options.scrub_rules] == [b"SK", b"y"]
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+    # root writes through any mode bits; sysfs refuses new files even to root.
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no unwritable folder for root here")
+    return Path("/sys/kernel")
+
+
+def test_an_unwritable_folder_refuses_to_start_and_says_why(tmp_path: Path) -> None:
+    folder = unwritable_folder(tmp_path)
+    with pytest.raises(usage.UsageError, match=f"--fixtures {folder}: cannot write there"):
+        parse_recording(folder, "--record-mode", "new_episodes", *UPSTREAM)
+    # Replaying alone needs no write access.
+    assert parse_recording(folder).record_mode is RecordMode.NONE
+
+
+def test_make_service_for_a_recording_replay(tmp_path: Path) -> None:
+    options = parse_recording(
+        tmp_path, "--record-missing", *UPSTREAM, "--listen", "tcp:0:interface=127.0.0.1"
+    )
+    service = replaytap.makeService(options, reactor=Clock())
+    assert isinstance(service, MultiService)
+    assert len(list(service)) == 2  # the listener, and the upstream pool's closer
