@@ -54,6 +54,7 @@ from twisted.web.iweb import (
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
+from difytw.access import AccessGate, AccessPolicy
 from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
 from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
@@ -96,6 +97,8 @@ class ProxyConfig:
     max_stream_duration: float = 30 * 60.0
     stop_on_disconnect: bool = True  # call Dify's stop endpoint for abandoned runs
     resume_workflows: bool = False  # ...except workflow and chatflow runs, left to resume
+    # Who may call, as which Dify user, which routes, how often, from which origins.
+    access: AccessPolicy = field(default_factory=AccessPolicy)
 
 
 @implementer(IAgent)
@@ -233,6 +236,13 @@ class ProxyApp:
             else Cooperator(scheduler=partial(reactor.callLater, 0))
         )
         self._observe = observe
+        self._gate = AccessGate(
+            config.access,
+            upstream=config.upstream,
+            prefix=self.route.prefix,
+            clock=self._clock,
+            cooperator=self._cooperator,
+        )
         # Stop calls run on the reactor's time: they outlive the exchange the clock times.
         self._stopper = StopClient(self._client, self._key, clock=reactor)
         self._stop_policy = StopPolicy(config.stop_on_disconnect, config.resume_workflows)
@@ -249,8 +259,13 @@ class ProxyApp:
 
     def site(self) -> ProxySite:
         factory = ProxyRequestFactory(clock=self._clock, max_body=self.config.max_body)
+        # parsePOSTFormSubmission=False: Twisted would otherwise read a whole multipart
+        # body into memory (request.args) before the proxy sees the request.
         return ProxySite(  # type: ignore[no-untyped-call]
-            self.resource(), requestFactory=factory, reactor=self._reactor
+            self.resource(),
+            requestFactory=factory,
+            reactor=self._reactor,
+            parsePOSTFormSubmission=False,
         )
 
     @app.handle_errors(DifyError)
@@ -274,7 +289,10 @@ class ProxyApp:
                 "The requested URL was not found on the server. If you entered the URL "
                 "manually please check your spelling and try again.",
             )
-        await self._proxy(request, url)
+        admitted = await self._gate.admit(request, target)  # refusals raise DifyError
+        if admitted is None:
+            return b""  # answered by the gate itself (a CORS preflight)
+        await self._proxy(request, self.route.url_for(admitted) or url)
         return None
 
     def _healthz(self, request: ProxyExchange) -> bytes:
@@ -309,6 +327,9 @@ class ProxyApp:
                 content_type = request.requestHeaders.getRawHeaders(b"Content-Type", [None])[0]
                 user = body_user(content_type, content.read())
             content.seek(0)
+        enforced = getattr(request, "dify_user", None)  # set by the access gate (issue 6)
+        if isinstance(enforced, str):
+            user = enforced
         return UpstreamRun(path.decode("latin-1"), route, user, self._clock.seconds())
 
     async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
@@ -396,6 +417,7 @@ class ProxyApp:
             response.headers.getAllRawHeaders(), stream=stream
         ):
             request.responseHeaders.setRawHeaders(name, values)
+        self._gate.head(request)  # upstream's Access-Control-* out, this proxy's CORS in
         if (
             not stream
             and response.length is not UNKNOWN_LENGTH

@@ -15,6 +15,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
+from difytw.accessoptions import AccessOptions
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.uri import normalize_prefix, normalize_upstream
 from difytw.web import ListeningService, demo_service
@@ -93,7 +94,7 @@ def read_key(path: str | None, environ: dict[str, str]) -> str:
     return key
 
 
-class Options(usage.Options):
+class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, CORS
     synopsis = "--upstream URL [--listen ENDPOINT] [--prefix PATH] [options]"
     longdesc = (
         "Serve the Dify API from your own server: requests to {prefix}{rest} go to "
@@ -207,7 +208,7 @@ class Options(usage.Options):
     config: ProxyConfig
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self._environ = dict(os.environ) if environ is None else environ
 
     def postOptions(self) -> None:
@@ -235,6 +236,7 @@ class Options(usage.Options):
         if ca_bundle is not None and not os.path.isfile(ca_bundle):
             raise usage.UsageError(f"--ca-bundle {ca_bundle}: no such file")
         self["listen"] = with_backlog(self["listen"])
+        access = self.access_policy(self["listen"])
         self.config = ProxyConfig(
             upstream=self["upstream"],
             api_key=read_key(self["api-key-file"], self._environ),
@@ -247,6 +249,7 @@ class Options(usage.Options):
             max_stream_duration=timeouts["max-stream-duration"],
             stop_on_disconnect=not self["no-stop-on-disconnect"],
             resume_workflows=bool(self["resume-workflows"]),
+            access=access,
         )
 
 

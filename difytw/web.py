@@ -37,6 +37,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
+from difytw.access import AccessPolicy
 from difytw.accesslog import ProxyRequestFactory, ProxySite
 from difytw.errors import JSON_CONTENT_TYPE
 from difytw.fixtureindex import FixtureIndex
@@ -52,6 +53,9 @@ DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 # The key the proxy injects and the replay server demands: proves the injection works
 # without a real key anywhere.  Not a secret.
 DEMO_KEY = "app-difytw-demo-key-not-a-secret"
+# The demo has no login: every visitor is this one Dify end user (the bundled fixtures'
+# own), whatever ``user`` the page sends; the proxy writes it in (auth none, loopback).
+DEMO_USER = "demo-user"
 # Same-origin only: the page loads nothing from the network, and a browser enforces it.
 PAGE_POLICY = (
     b"default-src 'self'; img-src 'self' data: blob:; base-uri 'none'; "
@@ -148,7 +152,9 @@ def start_demo(reactor: Any, *, speed: float = 1.0) -> Demo:
     replay_site.displayTracebacks = False
     replay_port: IListeningPort = reactor.listenTCP(0, replay_site, interface="127.0.0.1")
     upstream = f"http://127.0.0.1:{replay_port.getHost().port}"  # type: ignore[attr-defined]
-    config = ProxyConfig(upstream=upstream, api_key=DEMO_KEY)
+    config = ProxyConfig(
+        upstream=upstream, api_key=DEMO_KEY, access=AccessPolicy.fixed_user(DEMO_USER)
+    )
     proxy = ProxyApp(config, reactor=reactor)
     root = PageAssets(str(STATIC))
     root.putChild(config.prefix.strip("/").encode("ascii"), proxy.resource())
@@ -156,7 +162,9 @@ def start_demo(reactor: Any, *, speed: float = 1.0) -> Demo:
     # The proxy's request class (body limit, one access-log line per exchange) for every
     # request, page files included, as ProxyApp.site() does for the proxy alone.
     factory = ProxyRequestFactory(clock=reactor, max_body=config.max_body)
-    site = ProxySite(root, requestFactory=factory, reactor=reactor)  # type: ignore[no-untyped-call]
+    site = ProxySite(  # type: ignore[no-untyped-call]
+        root, requestFactory=factory, reactor=reactor, parsePOSTFormSubmission=False
+    )
     site.displayTracebacks = False
     log.info("demo Dify (replay server) on {upstream}", upstream=upstream)
     return Demo(replay, replay_port, proxy, site)
