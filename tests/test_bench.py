@@ -220,7 +220,8 @@ def test_smoke_run_prints_the_table(tmp_path: Path) -> None:
         assert any(re.match(pattern, label) for label in table), (pattern, done.stdout)
     assert table["errors (step: count)"][1:3] == ["0", "0"], done.stdout
     latency = next(cells for label, cells in table.items() if label.startswith("added latency"))
-    assert all(re.match(r"^[\d.,]+$", cell) for cell in latency[1:3]), latency
+    # a number, perhaps marked noisy: other engineers run their tests on this machine too
+    assert all(re.match(r"^[\d.,]+( †)?$", cell) for cell in latency[1:3]), latency
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
     assert [c["name"] for c in data["columns"]] == ["direct", "difyproxy"]
