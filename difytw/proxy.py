@@ -13,7 +13,8 @@ upstream stays silent before its response head, and once a stream has started, a
 Every stream is watched on the side (``streamwatch``, fed after each write) and bounded by
 ``--max-stream-duration``.  When a stream ends before its terminal event because the client
 left or the proxy gave up on it, the run is stopped upstream (``stopper``, issue 7); every
-finished stream leaves one usage line (``usage``).
+finished stream leaves one usage line (``usage``).  With ``--record DIR`` every exchange is
+also teed into a fixture as it streams (``recordfolder``, issue 4).
 
 The reactor, clock and HTTP client are parameters; nothing here imports the global reactor.
 """
@@ -58,6 +59,7 @@ from difytw.access import AccessGate, AccessPolicy
 from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
 from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
+from difytw.recordfolder import RecordFolder
 from difytw.relay import BodyObserver, BodyRelay, RelayEnd, UploadBody
 from difytw.stopper import (
     MAX_BODY_FOR_USER,
@@ -211,6 +213,7 @@ class ProxyApp:
         client: HTTPClient | None = None,
         cooperator: Cooperator | None = None,
         observe: ObserverFactory | None = None,
+        record: RecordFolder | None = None,
     ) -> None:
         self.config = config
         self.route = UpstreamRoute(config.prefix, config.upstream)
@@ -236,6 +239,7 @@ class ProxyApp:
             else Cooperator(scheduler=partial(reactor.callLater, 0))
         )
         self._observe = observe
+        self._record = record  # --record DIR (issue 4): every exchange tees into a fixture
         self._gate = AccessGate(
             config.access,
             upstream=config.upstream,
@@ -362,6 +366,18 @@ class ProxyApp:
             if timer.active():
                 timer.reset(self.config.header_timeout)
 
+        # Made before the request leaves: a fixture's times count from the request.
+        tap = (
+            self._record.tap(
+                request.method,
+                url,
+                request.requestHeaders.getAllRawHeaders(),
+                request.content,
+                user=run.user,
+            )
+            if self._record is not None
+            else None
+        )
         sending = self._client.request(
             request.method.decode("ascii"),
             url,
@@ -427,17 +443,24 @@ class ProxyApp:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         request.write(b"")  # the head goes out now, before the first event
         request.head_at = self._clock.seconds()
+        observer = self._observer(request, stream, run)
+        if tap is not None:
+            # Upstream's own head (Set-Cookie is dropped by the tap), after the client's.
+            tap.response(response.code, response.headers.getAllRawHeaders())
+            observer = tap.observing(observer)  # each read, after its client write
 
         relay = BodyRelay(
             request.write,
             clock=self._clock,
             idle_timeout=self.config.idle_timeout,
             max_duration=self.config.max_stream_duration if stream else None,
-            observer=self._observer(request, stream, run),
+            observer=observer,
         )
         request.registerProducer(relay, True)
         response.deliverBody(relay)
         end = await relay.done
+        if tap is not None:
+            tap.end(end)
         finished_cleanly = self._finish(request, end, stream)
         if stream:
             self._stream_over(run, relay, end)

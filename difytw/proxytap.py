@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -17,6 +18,8 @@ from twisted.python import usage
 
 from difytw.accessoptions import AccessOptions
 from difytw.proxy import ProxyApp, ProxyConfig
+from difytw.recordfolder import FolderError, RecordFolder
+from difytw.scrub import Rule, RuleError, parse_rule
 from difytw.uri import normalize_prefix, normalize_upstream
 from difytw.web import ListeningService, demo_service
 
@@ -180,6 +183,15 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
             "stream_duration_exceeded error event (status 504) and a clean close, and its "
             "run is stopped upstream as when the client leaves.",
         ],
+        [
+            "record",
+            None,
+            None,
+            "Syntax: DIR (must exist and be writable).  Tee every exchange into its own "
+            "sse-fixture/1 file in DIR as it streams (mode 0600, never overwritten), for "
+            "difyreplay.  Authorization, Cookie and Set-Cookie are never kept; Dify keys, "
+            "Bearer tokens and the request's user are scrubbed (add rules with --scrub).",
+        ],
     ]
 
     optFlags = [
@@ -206,10 +218,19 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
     ]
 
     config: ProxyConfig
+    record_dir: Path | None = None
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         super().__init__()
         self._environ = dict(os.environ) if environ is None else environ
+        self.scrub_rules: list[Rule] = []
+
+    def opt_scrub(self, spec: str) -> None:
+        """REGEX=PLACEHOLDER: with --record, also replace what REGEX matches (repeatable)."""
+        try:
+            self.scrub_rules.append(parse_rule(spec))
+        except RuleError as error:
+            raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:
         if self["demo"]:
@@ -235,6 +256,12 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
         ca_bundle = self["ca-bundle"]
         if ca_bundle is not None and not os.path.isfile(ca_bundle):
             raise usage.UsageError(f"--ca-bundle {ca_bundle}: no such file")
+        if self["record"] is not None:
+            self.record_dir = Path(self["record"])
+            try:
+                RecordFolder.check(self.record_dir, "--record")
+            except FolderError as error:
+                raise usage.UsageError(str(error)) from None
         self["listen"] = with_backlog(self["listen"])
         access = self.access_policy(self["listen"])
         self.config = ProxyConfig(
@@ -269,8 +296,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     if options["demo"]:
         return demo_service(reactor, options["listen"])
+    record = None
+    if options.record_dir is not None:
+        record = RecordFolder(
+            options.record_dir,
+            now=reactor.seconds,
+            rules=options.scrub_rules,
+            api_key=options.config.api_key,
+        )
     try:
-        app = ProxyApp(options.config, reactor=reactor)
+        app = ProxyApp(options.config, reactor=reactor, record=record)
     except (OSError, ValueError) as error:  # e.g. an unreadable or empty --ca-bundle
         raise usage.UsageError(str(error)) from None
     site = app.site()
