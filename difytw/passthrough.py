@@ -183,15 +183,17 @@ class Passthrough:
         request.registerProducer(relay, True)  # type: ignore[attr-defined]
         response.deliverBody(relay)
         end = await relay.done
-        if end is RelayEnd.CLIENT_GONE:
-            return
-        request.unregisterProducer()  # type: ignore[attr-defined]
         if end is RelayEnd.COMPLETED:
+            request.unregisterProducer()  # type: ignore[attr-defined]
             request.finish()
             return
-        # Cut upstream, cut here: the client sees what Dify's client saw.
-        request.loseConnection()  # type: ignore[attr-defined]
-        await finished  # so klein does not end the cut body cleanly
+        if end is not RelayEnd.CLIENT_GONE:
+            # Cut upstream, cut here: the client sees what Dify's client saw.
+            request.unregisterProducer()  # type: ignore[attr-defined]
+            request.loseConnection()  # type: ignore[attr-defined]
+        # klein finishes the request when this returns: only once the connection is gone
+        # (the transport stops the relay before the request hears of it).
+        await finished
 
     def _ended(
         self,

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool, ResponseDone
 from twisted.web.server import Site
 
@@ -29,7 +30,7 @@ from difytw.recordfolder import RecordFolder
 from difytw.replay import ReplayApp
 from difytw.scrub import parse_rule
 from tests.conftest import FIXTURES, TEST_KEY, RunningReplay
-from tests.test_proxy_harness import fetch, free_port
+from tests.test_proxy_harness import CHAT, fetch, free_port, start_fetch, wait_for
 
 GUARD_KEY = "app-guard0of0the0fake0replay"  # the recording replay's own --api-key
 GUARD = {"Authorization": f"Bearer {GUARD_KEY}"}
@@ -76,6 +77,22 @@ def start_recording(tmp_path: Path) -> Iterator[Callable[..., Recording]]:
     for listening, pool in cleanup:
         pytest_twisted.blockon(listening.stopListening())
         pytest_twisted.blockon(pool.closeCachedConnections())
+
+
+@pytest.fixture
+def logged_errors() -> Iterator[list[str]]:
+    """Errors and criticals logged during a test (e.g. Twisted's "Producer was not
+    unregistered" when a request is finished twice)."""
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            failure = event.get("log_failure")
+            seen.append(str(failure.value) if failure is not None else formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
 
 
 async def ask_hello(recording: Recording, **headers: str) -> tuple[Any, bytes]:
@@ -274,3 +291,65 @@ async def test_an_unreachable_upstream_is_a_502_and_no_file(
     assert recording.files() == []
     [entry] = recording.app.journal.entries
     assert entry.status == 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_cut_is_passed_on_and_recorded_as_reset(
+    tmp_path: Path,
+    start_replay: Callable[..., RunningReplay],
+    start_recording: Callable[..., Recording],
+    logged_errors: list[str],
+) -> None:
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    head = [json.loads(line) for line in (FIXTURES / "chat-hello.jsonl").read_text().splitlines()]
+    head[2]["t"] = 0
+    part = 'data: {"event":"message","task_id":"t","answer":"Hel"}\n\n'
+    end = end_for(part.encode(), 20, "reset", incomplete=True)
+    records = [
+        *head[:3],
+        {"type": "chunk", "t": 10, "text": part},
+        {"type": "end", "t": 20, "how": "reset", "bytes": end.bytes, "sha256": end.sha256},
+    ]
+    (folder / "cut.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    recording = start_recording(RecordMode.NEW_EPISODES, start_replay(fixtures=folder).url)
+    _, collector, reason = await fetch(
+        "POST", recording.url + "/v1/chat-messages", json=HELLO.request.json, headers=GUARD
+    )
+    assert not reason.check(ResponseDone)  # cut upstream, cut here: no clean end
+    assert collector.body == part.encode()
+    [entry] = recording.app.journal.entries
+    assert entry.outcome == "reset"
+    [path] = recording.files()
+    recorded = load(path)
+    assert (recorded.end.how, recorded.end.incomplete) == ("reset", True)
+    assert recorded.body() == part.encode()
+    assert logged_errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_a_forwarded_stream_closes_upstream_and_the_file(
+    start_replay: Callable[..., RunningReplay],
+    start_recording: Callable[..., Recording],
+    logged_errors: list[str],
+) -> None:
+    upstream = start_replay(speed=1.0)
+    recording = start_recording(RecordMode.NEW_EPISODES, upstream.url)
+    _, collector = await start_fetch(
+        "POST", recording.url + "/v1/chat-messages", json=dict(CHAT, user="u1"), headers=GUARD
+    )
+    await collector.first_read
+    upstream_ended = upstream.journal.next_end()
+    assert collector.transport is not None
+    collector.transport.stopProducing()
+    assert (await upstream_ended).outcome == "client_closed"  # upstream let go at once
+    [entry] = recording.app.journal.entries
+    await wait_for(lambda: entry.outcome != "pending")
+    assert entry.outcome == "client_closed"
+    [path] = recording.files()
+    cut = load(path)
+    assert (cut.end.how, cut.end.incomplete) == ("reset", True)
+    assert cut.body() == collector.body
+    # A cut recording joins the index like any other: a restart would load it too.
+    assert [f.id for f in recording.app.index.fixtures] == [cut.id]
+    assert logged_errors == []
