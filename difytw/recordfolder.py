@@ -29,7 +29,7 @@ from difytw.fixture import Fixture, FixtureError, load
 from difytw.headers import client_response_headers
 from difytw.recorder import MAX_RECORDED_BODY, ExchangeRecorder, fixture_name, recorded_request
 from difytw.relay import BodyObserver, RelayEnd
-from difytw.scrub import Rule, rules_for
+from difytw.scrub import Rule, rules_for, scrub_text
 from difytw.stopper import body_user, query_user
 
 _log = Logger()
@@ -148,8 +148,9 @@ class RecordingTap:
         return self.recorder.path
 
     def response(self, status: int, headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> None:
+        # Values are scrubbed too: a header may echo a token as well as a body can.
         kept = [
-            (name.decode("latin-1"), value.decode("latin-1"))
+            (name.decode("latin-1"), scrub_text(value.decode("latin-1"), self.recorder.rules)[0])
             for name, values in client_response_headers(headers, stream=False)
             if name.lower() not in _NOT_RECORDED
             for value in values

@@ -156,6 +156,7 @@ def secret_upstream(tmp_path: Path) -> Path:
     head = [json.loads(line) for line in (FIXTURES / "chat-hello.jsonl").read_text().splitlines()]
     head[2]["t"] = 0
     head[2]["headers"].append(["Set-Cookie", "session=s3cr3t-cookie; HttpOnly"])
+    head[2]["headers"].append(["X-Echo", f"Bearer {TEST_KEY}"])
     body = f'data: {{"event":"message","answer":"{TEST_KEY} / Bearer tok3n-abcdefgh"}}\n\n'
     end = end_for(body.encode(), 6)
     records = [
