@@ -186,7 +186,8 @@ class RecordingTap:
             return
         self.recorder.end(how)
         self._report()
-        if self.recorder.failed is not None or not self.on_end:
+        # Not ended: no response head ever came, so there is no file.
+        if not self.recorder.ended or self.recorder.failed is not None or not self.on_end:
             return
         try:
             fixture = load(self.recorder.path)

@@ -28,7 +28,8 @@ from twisted.web.client import ResponseDone
 from difytw.fixture import FixtureWriter, Request, Response, load
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.proxytap import Options
-from difytw.recordfolder import RecordFolder
+from difytw.recordfolder import RecordFolder, RecordingTap
+from difytw.relay import RelayEnd
 from difytw.scrub import Rule
 from tests.conftest import FIXTURES, TEST_KEY, RunningReplay
 from tests.test_proxy_harness import CHAT, fetch, start_fetch, wait_for
@@ -299,3 +300,53 @@ def test_the_request_record_keeps_the_json_body(tmp_path: Path) -> None:
     assert (request.path, request.query) == ("/v1/chat-messages", "x=1")
     assert request.json == {"query": "hi", "user": "scrubbed-user"}
     assert request.headers == (("Content-Type", "application/json"),)
+
+
+def tap_for(folder: Path) -> RecordingTap:
+    return RecordFolder(folder, now=lambda: 1.0).tap(b"GET", b"http://dify/v1/parameters", [], None)
+
+
+def test_a_failing_watcher_beside_the_tap_makes_the_fixture_incomplete(tmp_path: Path) -> None:
+    tap = tap_for(tmp_path)
+    tap.response(200, [(b"Content-Type", [b"application/json"])])
+
+    def broken(data: bytes) -> None:
+        raise ValueError("side parser bug")
+
+    observer = tap.observing(broken)
+    with pytest.raises(ValueError):
+        observer(b'{"a":1}')  # BodyRelay logs this and detaches the observer
+    tap.end(RelayEnd.COMPLETED)
+    recorded = load(tap.path)
+    assert recorded.body() == b'{"a":1}'
+    assert (recorded.end.how, recorded.end.incomplete) == ("reset", True)
+
+
+def test_a_tap_that_never_saw_a_head_leaves_no_file(tmp_path: Path) -> None:
+    tap = tap_for(tmp_path)
+    heard: list[object] = []
+    tap.on_end.append(heard.append)
+    tap.end(RelayEnd.CLIENT_GONE)
+    assert list(tmp_path.iterdir()) == [] and heard == []
+
+
+@pytest.mark.parametrize(
+    ("end", "how"),
+    [
+        (RelayEnd.COMPLETED, "eof"),
+        (RelayEnd.UPSTREAM_DISCONNECTED, "reset"),
+        (RelayEnd.CLIENT_GONE, "reset"),
+        (RelayEnd.IDLE_TIMEOUT, "timeout"),
+        (RelayEnd.DURATION_EXCEEDED, "reset"),
+    ],
+)
+def test_how_each_relay_end_is_recorded(tmp_path: Path, end: RelayEnd, how: str) -> None:
+    tap = tap_for(tmp_path)
+    heard: list[Any] = []
+    tap.on_end.append(heard.append)
+    tap.response(200, [(b"Set-Cookie", [b"a=b"]), (b"Content-Length", [b"2"])])
+    tap.chunk(b"{}")
+    tap.end(end)
+    [fixture] = heard
+    assert (fixture.end.how, fixture.end.incomplete) == (how, how != "eof")
+    assert fixture.response.headers == ()  # Set-Cookie and Content-Length are not kept
