@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from difytw.accesslog import ProxyExchange
 from difytw.allowlist import AllowList, Route, UserPlace, api_segments
 from difytw.auth import Authenticator, Caller, NoAuth
-from difytw.cors import CorsPolicy, is_preflight
+from difytw.cors import CorsPolicy, is_preflight, strip_upstream
 from difytw.formuser import FormUser, content_type_for, form_boundary
 from difytw.identity import MAX_JSON, Decision, UserRule, UserTemplate, rewrite_json, rewrite_query
 from difytw.limits import Rate, RateLimiter, StreamSlots
@@ -284,9 +284,8 @@ class AccessGate:
         """After upstream's headers were copied: none of its ``Access-Control-*`` (Dify
         allows every origin), ours instead."""
         headers = request.responseHeaders
-        for name, _ in list(headers.getAllRawHeaders()):
-            if name.lower().startswith(b"access-control-"):
-                headers.removeHeader(name)
+        for name in strip_upstream(list(headers.getAllRawHeaders())):
+            headers.removeHeader(name)
         try:
             granted = self.policy.cors.response_headers(
                 _header(request, b"origin"), _header(request, b"host")

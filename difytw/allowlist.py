@@ -123,6 +123,11 @@ CATALOG: tuple[Route, ...] = (
 )
 
 
+def _shape(pattern: tuple[str, ...]) -> tuple[str, ...]:
+    """A pattern with its id names dropped: ``{id}`` and ``{task_id}`` are the same."""
+    return tuple("{}" if segment.startswith("{") else segment for segment in pattern)
+
+
 def parse_allow(text: str) -> tuple[frozenset[str] | None, tuple[str, ...]]:
     """``--allow '[GET,POST ]/path/{id}'`` -> (methods or None for all, pattern)."""
     methods_text, _, path = text.strip().rpartition(" ")
@@ -152,10 +157,15 @@ class AllowList:
         for text in allow:
             methods, pattern = parse_allow(text)
             known = False
-            for index, route in enumerate(routes):
-                if route.pattern == pattern and (methods is None or methods & route.methods):
-                    routes[index] = replace(route, allowed=True)
-                    known = True
+            for route in list(routes):
+                named = route.methods if methods is None else route.methods & methods
+                if _shape(route.pattern) != _shape(pattern) or not named:
+                    continue
+                known = True
+                # Only the methods named are switched on; the route's others stay as they were.
+                routes[routes.index(route)] = replace(route, methods=named, allowed=True)
+                if named != route.methods:
+                    routes.append(replace(route, methods=route.methods - named))
             if not known:
                 routes.append(Route(methods or METHODS, pattern, UserPlace.BY_METHOD))
         return cls(tuple(routes))
@@ -176,7 +186,8 @@ class AllowList:
                 "The requested URL was not found on the server. If you entered the URL "
                 "manually please check your spelling and try again.",
             )
-        for route in exact:
+        # An --allow entry beside a blocked catalog route for the same path wins.
+        for route in sorted(exact, key=lambda r: not r.allowed):
             if method in route.methods:
                 if not route.allowed:
                     raise Refusal(403, "route_not_allowed", "This proxy does not serve this route.")

@@ -18,7 +18,7 @@ patterns), upstream's own ``Access-Control-*`` headers never reach the client, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from difytw.refusal import Refusal
@@ -123,7 +123,7 @@ def is_preflight(method: bytes, origin: str | None, request_method: str | None) 
     return method == b"OPTIONS" and origin is not None and request_method is not None
 
 
-def strip_upstream(pairs: Iterable[tuple[bytes, list[bytes]]]) -> list[bytes]:
+def strip_upstream(pairs: Iterable[tuple[bytes, Sequence[bytes]]]) -> list[bytes]:
     """Names of upstream ``Access-Control-*`` headers, which the client must never see:
     Dify allows every origin, and that is not this proxy's policy."""
     return [name for name, _ in pairs if name.lower().startswith(b"access-control-")]
