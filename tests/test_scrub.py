@@ -48,7 +48,7 @@ def test_nothing_to_scrub_keeps_chunks_identical() -> None:
 def test_custom_rule() -> None:
     rule = parse_rule(r"sk-[a-z]{4}=sk-redacted")
     out, applied = scrub_chunks([b"x sk-abcd y"], rules_for(None, [rule]))
-    assert out == [b"x sk-redacted y"] and applied == {r"custom:sk-[a-z]{4}"}
+    assert out == [b"x sk-redacted y"] and applied == {"custom:sk-redacted"}
 
 
 @pytest.mark.parametrize(
