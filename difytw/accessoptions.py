@@ -93,19 +93,16 @@ class AccessOptions(usage.Options):
         self["cors-origin"] = []
 
     def opt_trusted_proxy(self, cidr: str) -> None:
-        """Syntax: CIDR[,CIDR].  Address(es) of the auth gateway for --auth header:NAME
-        (repeatable)."""
+        # Twisted prints a docstring as it is, line breaks included: so one line each.
+        """Syntax: CIDR[,CIDR].  The auth gateway's address(es) (repeatable)."""
         self["trusted-proxy"].append(cidr)
 
     def opt_allow(self, route: str) -> None:
-        """Syntax: '[METHODS ]/path'.  Also serve this route, e.g. '/workflows/logs',
-        'GET /workflows/run/{id}', '/datasets/**' (repeatable; ids must be UUIDs)."""
+        """Syntax: '[METHODS ]/path' ({id}, *, **).  Serve it too, e.g. /workflows/logs."""
         self["allow"].append(route)
 
     def opt_cors_origin(self, origin: str) -> None:
-        """Syntax: ORIGIN.  Let browser pages from ORIGIN (exact, e.g.
-        https://app.example.com; '*' for any, never with credentials) call the proxy
-        (repeatable).  Default: no cross-origin access."""
+        """Syntax: ORIGIN.  Let pages from ORIGIN (exact; '*': any) call (repeatable)."""
         self["cors-origin"].append(origin)
 
     def access_policy(self, listen: str) -> AccessPolicy:
