@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 
 from difytw import blocking, uploads
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
@@ -96,6 +97,12 @@ class ReplayApp:
         if self.record_mode is not RecordMode.NONE and passthrough is None:
             raise ValueError(f"record mode {record_mode.value!r} needs an upstream to record")
         self.passthrough = passthrough
+
+    def site(self) -> Site:
+        """A Site for this app: no tracebacks to clients, uploads not parsed into memory."""
+        site = Site(self.resource(), parsePOSTFormSubmission=False)
+        site.displayTracebacks = False
+        return site
 
     def resource(self) -> IResource:
         return _Utf8Gate(self.app.resource(), self)

@@ -14,11 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.application.strports import service as endpointService
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site
 
 from difytw.fixture import FixtureError
 from difytw.fixtureindex import FixtureIndex
@@ -28,6 +26,7 @@ from difytw.recordfolder import FolderError, RecordFolder
 from difytw.replay import ReplayApp
 from difytw.scrub import Rule, RuleError, parse_rule
 from difytw.uri import normalize_upstream
+from difytw.web import ListeningService
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1:backlog=1024"
 KEY_ENV = "DIFY_API_KEY"  # the real key, for recording only; never a flag value (ps shows those)
@@ -190,7 +189,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         record_mode=options.record_mode,
         passthrough=passthrough,
     )
-    site = Site(app.resource())
-    site.displayTracebacks = False
-    endpointService(options["listen"], site, reactor=reactor).setServiceParent(top)
+    # A port in use ends startup with one line naming it (not a traceback).
+    listening = ListeningService(reactor, options["listen"], app.site())
+    listening.setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -148,8 +148,7 @@ class Demo:
 def start_demo(reactor: Any, *, speed: float = 1.0) -> Demo:
     """Start the replay server on 127.0.0.1 (any free port) and build the page + proxy site."""
     replay = ReplayApp(demo_index(), clock=reactor, speed=speed, api_key=DEMO_KEY)
-    replay_site = Site(replay.resource())
-    replay_site.displayTracebacks = False
+    replay_site = replay.site()
     replay_port: IListeningPort = reactor.listenTCP(0, replay_site, interface="127.0.0.1")
     upstream = f"http://127.0.0.1:{replay_port.getHost().port}"  # type: ignore[attr-defined]
     config = ProxyConfig(

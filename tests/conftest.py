@@ -15,7 +15,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IListeningPort
-from twisted.web.server import Site
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -51,7 +50,7 @@ def start_replay() -> Iterator[Callable[..., RunningReplay]]:
         app = ReplayApp(
             index, clock=clock if clock is not None else _reactor, speed=speed, api_key=api_key
         )
-        site = Site(app.resource())
+        site = app.site()
         listening = _reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
         port = listening.getHost().port
         running = RunningReplay(f"http://127.0.0.1:{port}", port, app, app.journal, listening)

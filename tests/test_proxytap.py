@@ -109,7 +109,7 @@ def test_every_flag() -> None:
         [
             *UPSTREAM,
             "--listen",
-            "tcp:9999",
+            "tcp:9999:interface=127.0.0.1",
             "--prefix",
             "/api/dify/",
             "--max-body",
@@ -123,7 +123,7 @@ def test_every_flag() -> None:
         ]
     )
     config = options.config
-    assert options["listen"] == "tcp:9999:backlog=1024"
+    assert options["listen"] == "tcp:9999:interface=127.0.0.1:backlog=1024"
     assert (config.prefix, config.max_body) == ("/api/dify/", 20 * 1024**2)
     assert (config.header_timeout, config.idle_timeout, config.connect_timeout) == (5, 120, 1.5)
 
