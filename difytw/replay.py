@@ -180,6 +180,7 @@ class ReplayApp:
                 404, "not_found", miss.message, nearest=[list(pair) for pair in miss.nearest]
             ) from None
         entry.fixture = fixture.id
+        _check_generation(path, payload)
         if faults.status is not None:
             code, message = FAULT_CODES.get(faults.status, ("injected_fault", "Injected fault."))
             raise DifyError(faults.status, code, message)
@@ -354,6 +355,33 @@ def _json_body(content_type: bytes, body: bytes) -> Any:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# A fake Dify's stand-in for "Query or prefix prompt is too long": real apps hit the
+# model's context limit; a question this long has no business in a chat box.
+MAX_QUERY_CHARS = 20_000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _check_generation(path: str, payload: Any) -> None:
+    """What Dify refuses before it starts a run (answered as JSON, never a stream)."""
+    if not isinstance(payload, dict) or not path.endswith(MODE_ROUTES):
+        return
+    query = payload.get("query", "")
+    if not isinstance(query, str):
+        raise DifyError(400, "invalid_param", "query must be a string.")
+    if _CONTROL.search(query):
+        # Dify stores the query in PostgreSQL text columns, which refuse NUL outright.
+        raise DifyError(400, "invalid_param", "query must not contain control characters.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise DifyError(
+            400,
+            "completion_request_error",
+            "Query or prefix prompt is too long, you can reduce the prefix prompt, or shrink "
+            "the max token, or switch to a llm with a larger token limit size.",
+        )
+    if "inputs" in payload and not isinstance(payload["inputs"], dict):
+        raise DifyError(400, "invalid_param", "inputs must be an object.")
 
 
 def _wants_blocking(path: str, payload: Any) -> bool:

@@ -531,3 +531,40 @@ async def test_a_path_that_is_not_utf8_is_a_dify_400(replay: RunningReplay) -> N
     response = await send(replay, build_request("GET", "/v1/%ff"))
     assert response.status == 400
     assert json.loads(response.body)["code"] == "invalid_param"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("x" * 100_000, "completion_request_error"),
+        ("hello\x00there", "invalid_param"),
+        ("bell\x07", "invalid_param"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_questions_dify_refuses_are_a_400_before_any_stream(
+    start_replay: Callable[..., RunningReplay], tmp_path: Path, query: str, code: str
+) -> None:
+    records = [
+        {"type": "fixture", "format": "sse-fixture/1", "id": "any", "provenance": "test"},
+        {
+            "type": "request",
+            "method": "POST",
+            "path": "/v1/chat-messages",
+            "json": {"query": "x", "inputs": {}},
+            "match": {"fallback": True},
+        },
+        {"type": "response", "t": 0, "status": 200, "headers": SSE_HEADERS},
+        {"type": "chunk", "t": 1, "text": CHAT_FRAMES[-1].decode()},
+    ]
+    from difytw.fixture import end_for
+
+    end = end_for(CHAT_FRAMES[-1], 2)
+    records.append({"type": "end", "t": 2, "how": "eof", "bytes": end.bytes, "sha256": end.sha256})
+    (tmp_path / "any.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    replay = start_replay(tmp_path)
+    response = await send(replay, chat(query))
+    assert response.status == 400
+    assert json.loads(response.body)["code"] == code
+    ok = await send(replay, chat("tabs\tand\nnewlines are fine"))
+    assert ok.status == 200

@@ -143,7 +143,7 @@ def test_every_asset_the_page_names_exists_and_none_is_remote() -> None:
         ("Tell me a long story", "demo-chat-long-story"),
         ("Qu'est-ce que c'est ?", "demo-chat-fallback"),
         ("", "demo-chat-fallback"),
-        ("\x00\x1b[31m" + "x" * 100_000, "demo-chat-fallback"),
+        ("x" * 5_000, "demo-chat-fallback"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -157,6 +157,34 @@ async def test_any_question_gets_a_stream(demo: DemoService, query: str, fixture
     assert (entry.fixture, entry.outcome) == (fixture_id, "completed")
     # The proxy injected the demo key and the replay server checked it: no real key anywhere.
     assert entry.auth == "ok"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("x" * 100_000, "completion_request_error"),
+        ("\x00\x1b[31mred", "invalid_param"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_questions_dify_refuses_are_a_400_json_not_a_hang(
+    demo: DemoService, query: str, code: str
+) -> None:
+    assert demo.url is not None
+    body = {"query": query, "inputs": {}, "response_mode": "streaming", "user": "t"}
+    response = await treq.post(
+        demo.url + CHAT.lstrip("/"),
+        json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        **client(),
+    )
+    assert response.code == 400
+    assert content_type(response) == "application/json"
+    error = json.loads(await response.content())
+    assert (error["code"], error["status"]) == (code, 400)
+    assert demo.demo is not None
+    (entry,) = demo.demo.replay.journal.entries
+    assert entry.status == 400
 
 
 @pytest_twisted.ensureDeferred
