@@ -24,36 +24,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from http.cookiejar import Cookie, CookiePolicy
 from typing import Any, cast
 
-from cryptography import x509
 from klein import Klein
-from OpenSSL.crypto import X509
 from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
     UNKNOWN_LENGTH,
-    IAgent,
     IBodyProducer,
-    IPolicyForHTTPS,
     IRequest,
-    IResponse,
 )
 from twisted.web.resource import IResource, Resource
-from zope.interface import implementer
 
 from difytw.access import AccessGate, AccessPolicy
 from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
@@ -70,14 +56,21 @@ from difytw.stopper import (
     query_user,
     run_route,
 )
+
+# IdentityEncodingAgent and NoCookies are re-exported for callers that predate upstream.py.
+from difytw.upstream import (  # noqa: F401
+    IdentityEncodingAgent,
+    NoCookies,
+    tls_policy,
+    upstream_client,
+    upstream_pool,
+)
 from difytw.uri import RequestTarget, UpstreamRoute
 from difytw.usage import log_usage
 
 _log = Logger()
 
 HEALTHZ = b"/healthz"
-# Idle pooled upstream connections kept per host; more are opened when streams overlap.
-POOL_IDLE_PER_HOST = 32
 # Statuses whose responses carry no body, so no Content-Length (RFC 9110 section 8.6).
 _BODYLESS = frozenset({204, 304})
 
@@ -101,74 +94,6 @@ class ProxyConfig:
     resume_workflows: bool = False  # ...except workflow and chatflow runs, left to resume
     # Who may call, as which Dify user, which routes, how often, from which origins.
     access: AccessPolicy = field(default_factory=AccessPolicy)
-
-
-@implementer(IAgent)
-class IdentityEncodingAgent:
-    """Asks upstream for unencoded bodies.
-
-    treq always wraps its agent in ``ContentDecoderAgent(gzip)``, which advertises gzip
-    and inflates gzip answers.  A relay must pass bytes and Content-Length untouched, so
-    this agent, below treq's, replaces the advertisement with ``identity``.
-    """
-
-    def __init__(self, agent: IAgent) -> None:
-        self._agent = agent
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[IResponse]:
-        headers = Headers() if headers is None else headers.copy()
-        headers.setRawHeaders(b"Accept-Encoding", [b"identity"])
-        return self._agent.request(method, uri, headers, bodyProducer)
-
-
-class NoCookies(CookiePolicy):
-    """treq's client keeps one cookie jar; a shared proxy must never carry one client's
-    upstream cookies into another client's request, so the jar accepts and returns none."""
-
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = True
-
-    def set_ok(self, cookie: Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: Cookie, request: Any) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: Any) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: Any) -> bool:
-        return False
-
-
-def tls_policy(ca_bundle: str | None) -> IPolicyForHTTPS:
-    """Verify upstream certificates against the system roots, or only ``ca_bundle``'s."""
-    if ca_bundle is None:
-        return BrowserLikePolicyForHTTPS()
-    with open(ca_bundle, "rb") as pem:
-        certificates = x509.load_pem_x509_certificates(pem.read())
-    return BrowserLikePolicyForHTTPS(
-        trustRoot=trustRootFromCertificates(
-            [Certificate(X509.from_cryptography(cert)) for cert in certificates]
-        )
-    )
-
-
-def upstream_client(
-    reactor: Any, pool: HTTPConnectionPool, *, connect_timeout: float, tls: IPolicyForHTTPS
-) -> HTTPClient:
-    """treq client for upstream: pooled, no redirects followed, no cookies kept."""
-    agent = Agent(reactor, contextFactory=tls, connectTimeout=connect_timeout, pool=pool)
-    return HTTPClient(
-        IdentityEncodingAgent(agent), cookiejar=IndexableCookieJar(policy=NoCookies())
-    )
 
 
 def answer_error(request: ProxyExchange, error: DifyError) -> bytes:
@@ -220,8 +145,7 @@ class ProxyApp:
         self._key = config.api_key.encode("ascii")
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = POOL_IDLE_PER_HOST
+        self._pool = upstream_pool(reactor)
         self._client = (
             client
             if client is not None

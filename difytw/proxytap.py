@@ -7,6 +7,7 @@ it to every user of the machine): it comes from ``DIFY_API_KEY`` or ``--api-key-
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from pathlib import Path
@@ -280,6 +281,27 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
         )
 
 
+class ProxyServices(MultiService):
+    """The listener and the pool closer; once they run, everything alive (the built proxy
+    and every imported module) is taken out of the cycle collector's scans.
+
+    Imports (Twisted, klein, werkzeug, cryptography) leave ~60 000 long-lived objects, and
+    every full collection re-scanned them all: with a thousand streams opening, full
+    collections came often enough to stall the reactor for tens of milliseconds each
+    (bench ``latency_1000``: added latency p99 ~500 -> ~250 ms with ``gc.freeze()``).
+    Frozen objects are still freed by reference counting; only cycles among them are not,
+    and startup objects live as long as the process anyway.
+    """
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        gc.freeze()
+
+    def stopService(self) -> Deferred[None]:
+        gc.unfreeze()  # a test process that starts and stops the service gets its GC back
+        return super().stopService()  # type: ignore[no-any-return,no-untyped-call]
+
+
 class UpstreamPoolCloser(Service):
     """Closes the proxy's idle upstream connections when ``twist`` stops."""
 
@@ -310,7 +332,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         raise usage.UsageError(str(error)) from None
     site = app.site()
     site.displayTracebacks = False
-    top = MultiService()
+    top = ProxyServices()  # type: ignore[no-untyped-call]
     ListeningService(reactor, options["listen"], site).setServiceParent(top)  # type: ignore[no-untyped-call]
     UpstreamPoolCloser(app).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

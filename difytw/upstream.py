@@ -1,0 +1,195 @@
+"""The upstream HTTP client of difyproxy and difyreplay's passthrough: treq over a lean agent.
+
+treq's ``HTTPClient`` stays the client; what is configured here is underneath it:
+
+- ``IdentityEncodingAgent``: treq always advertises gzip and inflates gzip answers, and a
+  relay must pass bytes and Content-Length untouched, so upstream is asked for identity.
+- ``NoCookieJar`` / ``NoCookies``: a shared proxy must never carry one client's upstream
+  cookies into another client's request; the jar neither keeps nor sends any, and skips
+  ``http.cookiejar``'s per-request header parsing since it would discard the result anyway.
+- ``UpstreamEndpoints``: an IP-literal upstream (``http://127.0.0.1:5001/v1``, the usual
+  sidecar deployment) is connected to directly.  Twisted's default ``HostnameEndpoint``
+  resolves even a literal through the reactor's resolver, a thread-pool round trip on every
+  new connection; a name still goes through ``HostnameEndpoint`` (happy eyeballs).
+- ``UpstreamPool``: a connection pool whose connection factory does not log
+  "Starting factory"/"Stopping factory" for every upstream connection.
+"""
+
+from __future__ import annotations
+
+from http.cookiejar import Cookie, CookiePolicy
+from typing import Any
+
+from cryptography import x509
+from OpenSSL.crypto import X509
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import (
+    IAgent,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
+from zope.interface import implementer
+
+# Idle pooled upstream connections kept per host; more are opened when streams overlap.
+POOL_IDLE_PER_HOST = 32
+
+
+@implementer(IAgent)
+class IdentityEncodingAgent:
+    """Asks upstream for unencoded bodies.
+
+    treq always wraps its agent in ``ContentDecoderAgent(gzip)``, which advertises gzip
+    and inflates gzip answers.  A relay must pass bytes and Content-Length untouched, so
+    this agent, below treq's, replaces the advertisement with ``identity``.
+    """
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        headers = Headers() if headers is None else headers.copy()
+        headers.setRawHeaders(b"Accept-Encoding", [b"identity"])
+        return self._agent.request(method, uri, headers, bodyProducer)
+
+
+class NoCookies(CookiePolicy):
+    """treq's client keeps one cookie jar; a shared proxy must never carry one client's
+    upstream cookies into another client's request, so the jar accepts and returns none."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
+class NoCookieJar(IndexableCookieJar):
+    """treq's jar, empty for good: ``NoCookies`` refuses every cookie, and the two calls
+    treq's ``CookieAgent`` makes per request (send, then extract ``Set-Cookie``) are skipped
+    because their answer under that policy is always "nothing"."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=NoCookies())
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass  # nor may a caller's ``cookies=`` argument seed it
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """Agent endpoints: IP literals connect directly, names resolve; https adds TLS."""
+
+    def __init__(self, reactor: Any, *, tls: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._tls = tls
+        self._timeout = connect_timeout
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"upstream host {uri.host!r} is not ASCII") from None
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            # Certificates are checked against the URL's host, literal or name, as Agent does.
+            creator = self._tls.creatorForNetloc(uri.host, uri.port)
+            return wrapClientTLS(creator, endpoint)
+        raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    # One factory per upstream connection: two log lines each would cost more than the
+    # request's own access line.
+    noisy = False
+
+
+class UpstreamPool(HTTPConnectionPool):
+    """A persistent pool that keeps ``POOL_IDLE_PER_HOST`` idle connections and whose
+    connections open and close without a log line each."""
+
+    _factory = _QuietHTTP11ClientFactory
+    maxPersistentPerHost = POOL_IDLE_PER_HOST
+
+
+def upstream_pool(reactor: Any) -> HTTPConnectionPool:
+    """The proxy's persistent, quiet upstream connection pool."""
+    pool: HTTPConnectionPool = UpstreamPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+    return pool
+
+
+def tls_policy(ca_bundle: str | None) -> IPolicyForHTTPS:
+    """Verify upstream certificates against the system roots, or only ``ca_bundle``'s."""
+    if ca_bundle is None:
+        return BrowserLikePolicyForHTTPS()
+    with open(ca_bundle, "rb") as pem:
+        certificates = x509.load_pem_x509_certificates(pem.read())
+    return BrowserLikePolicyForHTTPS(
+        trustRoot=trustRootFromCertificates(
+            [Certificate(X509.from_cryptography(cert)) for cert in certificates]
+        )
+    )
+
+
+def upstream_client(
+    reactor: Any,
+    pool: HTTPConnectionPool,
+    *,
+    connect_timeout: float,
+    tls: IPolicyForHTTPS,
+) -> HTTPClient:
+    """treq client for upstream: pooled, no redirects followed, no cookies kept."""
+    endpoints = UpstreamEndpoints(reactor, tls=tls, connect_timeout=connect_timeout)
+    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+    return HTTPClient(IdentityEncodingAgent(agent), cookiejar=NoCookieJar())
