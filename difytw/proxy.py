@@ -382,6 +382,9 @@ class ProxyApp:
         )
         request.registerProducer(relay, True)
         response.deliverBody(relay)
+        # An open stream may idle for minutes: keep only what relaying it needs, not treq's
+        # response wrapper or the upstream request's headers.
+        del response, headers
         end = await relay.done
         if tap is not None:
             tap.end(end)
