@@ -383,7 +383,9 @@ class ProxyApp:
         request.registerProducer(relay, True)
         response.deliverBody(relay)
         # An open stream may idle for minutes: keep only what relaying it needs, not treq's
-        # response wrapper or the upstream request's headers.
+        # response wrapper or the upstream request's headers.  ``sending`` (which the
+        # closures above still reference) keeps its result, so it is made to drop it.
+        sending.addCallback(lambda _: None)
         del response, headers
         end = await relay.done
         if tap is not None:
