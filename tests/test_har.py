@@ -219,7 +219,7 @@ def browser_har() -> dict[str, Any]:
             "cookies": [{"name": "session", "value": "s3cr3t"}],
             "headers": headers(
                 ("Accept", "*/*"),
-                ("Authorization", "Bearer app-abcdefghijklmnopqrstuvwxyz"),
+                ("Authorization", "Bearer app-" + "abcdefghijklm" * 2),  # key-shaped, made up
                 ("Cookie", "session=s3cr3t"),
                 ("Content-Type", "application/json"),
                 ("Host", "127.0.0.1:18931"),
