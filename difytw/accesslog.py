@@ -7,11 +7,15 @@ when the exchange ends -- finished, refused, or the client gone -- emits exactly
 status, body bytes, time to the response head, duration, outcome and whether the client
 left early.  No header is logged, so neither the app key nor a client's Authorization can
 reach a log.
+
+The answers given before any route runs live here too: the 413 above, and ``TargetGate``'s
+refusal of unsafe request-targets, both through ``answer_error`` so that they are logged
+with their Dify error code as the outcome.
 """
 
 from __future__ import annotations
 
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
@@ -19,11 +23,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import INonQueuedRequestFactory
+from twisted.web.iweb import INonQueuedRequestFactory, IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
+from difytw.uri import RequestTarget
 
 access_log = Logger(namespace="difytw.access")
 
@@ -217,3 +223,31 @@ class ProxySite(Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+
+def answer_error(request: ProxyExchange, error: DifyError) -> bytes:
+    """Dify's JSON error body, as the complete answer to ``request``."""
+    body = error.body()
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [JSON_CONTENT_TYPE])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    request.head_at = request.clock.seconds()
+    request.outcome = error.code
+    return body
+
+
+class TargetGate(Resource):
+    """Refuses unsafe request-targets before klein (werkzeug) decodes or redirects them."""
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            RequestTarget.parse(request.uri)
+        except DifyError as error:
+            return answer_error(cast(ProxyExchange, request), error)
+        return self._inner.render(request)

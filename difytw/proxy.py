@@ -33,20 +33,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
     UNKNOWN_LENGTH,
-    IBodyProducer,
     IRequest,
 )
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 
 from difytw.access import AccessGate, AccessPolicy
-from difytw.accesslog import ProxyExchange, ProxyRequestFactory, ProxySite
+from difytw.accesslog import (
+    ProxyExchange,
+    ProxyRequestFactory,
+    ProxySite,
+    TargetGate,
+    answer_error,
+)
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
-from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
+from difytw.headers import client_response_headers, is_event_stream
 from difytw.recordfolder import RecordFolder
-from difytw.relay import BodyObserver, BodyRelay, RelayEnd, UploadBody
+from difytw.relay import BodyObserver, BodyRelay, RelayEnd
 from difytw.stopper import (
     MAX_BODY_FOR_USER,
     StopClient,
@@ -56,17 +60,27 @@ from difytw.stopper import (
     query_user,
     run_route,
 )
-
-# IdentityEncodingAgent and NoCookies are re-exported for callers that predate upstream.py.
-from difytw.upstream import (  # noqa: F401
+from difytw.upstream import (
     IdentityEncodingAgent,
     NoCookies,
     tls_policy,
+    upload_body,
     upstream_client,
+    upstream_headers,
     upstream_pool,
 )
 from difytw.uri import RequestTarget, UpstreamRoute
 from difytw.usage import log_usage
+
+# The upstream client's pieces stay importable from here for callers that predate upstream.py.
+__all__ = [
+    "IdentityEncodingAgent",
+    "NoCookies",
+    "ProxyApp",
+    "ProxyConfig",
+    "tls_policy",
+    "upstream_client",
+]
 
 _log = Logger()
 
@@ -94,34 +108,6 @@ class ProxyConfig:
     resume_workflows: bool = False  # ...except workflow and chatflow runs, left to resume
     # Who may call, as which Dify user, which routes, how often, from which origins.
     access: AccessPolicy = field(default_factory=AccessPolicy)
-
-
-def answer_error(request: ProxyExchange, error: DifyError) -> bytes:
-    """Dify's JSON error body, as the complete answer to ``request``."""
-    body = error.body()
-    request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"Content-Type", [JSON_CONTENT_TYPE])
-    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-    request.head_at = request.clock.seconds()
-    request.outcome = error.code
-    return body
-
-
-class TargetGate(Resource):
-    """Refuses unsafe request-targets before klein (werkzeug) decodes or redirects them."""
-
-    isLeaf = True
-
-    def __init__(self, inner: IResource) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._inner = inner
-
-    def render(self, request: IRequest) -> Any:
-        try:
-            RequestTarget.parse(request.uri)
-        except DifyError as error:
-            return answer_error(cast(ProxyExchange, request), error)
-        return self._inner.render(request)
 
 
 class ProxyApp:
@@ -232,16 +218,6 @@ class ProxyApp:
         request.head_at = self._clock.seconds()
         return body
 
-    def _body(self, request: ProxyExchange, progress: Callable[[], object]) -> IBodyProducer | None:
-        content = request.content
-        if content is None:
-            return None
-        content.seek(0, 2)
-        if content.tell() == 0:
-            return None
-        content.seek(0)
-        return UploadBody(content, cooperator=self._cooperator, progress=progress)
-
     def _upstream_run(self, request: ProxyExchange, url: bytes) -> UpstreamRun:
         """What this request may start upstream, and the ``user`` it goes with."""
         route = run_route(request.method, url)
@@ -262,15 +238,12 @@ class ProxyApp:
 
     async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
         run = self._upstream_run(request, url)
-        address = getattr(request.getClientAddress(), "host", None)
-        headers = Headers()
-        for name, values in upstream_request_headers(
+        headers = upstream_headers(
             request.requestHeaders.getAllRawHeaders(),
             api_key=self._key,
-            client_address=address.encode("ascii") if isinstance(address, str) else None,
-            scheme=b"https" if request.isSecure() else b"http",
-        ):
-            headers.setRawHeaders(name, values)
+            client=request.getClientAddress(),
+            secure=request.isSecure(),
+        )
 
         relay: BodyRelay | None = None
         timed_out = False
@@ -306,7 +279,9 @@ class ProxyApp:
             request.method.decode("ascii"),
             url,
             headers=headers,
-            data=self._body(request, uploaded_a_slice),
+            data=upload_body(
+                request.content, cooperator=self._cooperator, progress=uploaded_a_slice
+            ),
             allow_redirects=False,  # a redirect is the client's business, with its own URL
             unbuffered=True,
         )

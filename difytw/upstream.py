@@ -11,14 +11,17 @@ treq's ``HTTPClient`` stays the client; what is configured here is underneath it
   sidecar deployment) is connected to directly.  Twisted's default ``HostnameEndpoint``
   resolves even a literal through the reactor's resolver, a thread-pool round trip on every
   new connection; a name still goes through ``HostnameEndpoint`` (happy eyeballs).
+- ``upstream_headers`` / ``upload_body``: what goes upstream of a client's request (its
+  filtered headers with the key, its spooled body read in slices).
 - ``UpstreamPool``: a connection pool whose connection factory does not log
   "Starting factory"/"Stopping factory" for every upstream connection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from http.cookiejar import Cookie, CookiePolicy
-from typing import Any
+from typing import IO, Any
 
 from cryptography import x509
 from OpenSSL.crypto import X509
@@ -34,6 +37,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.internet.task import Cooperator
 from twisted.web.client import (
     URI,
     Agent,
@@ -51,6 +55,9 @@ from twisted.web.iweb import (
     IResponse,
 )
 from zope.interface import implementer
+
+from difytw.headers import upstream_request_headers
+from difytw.relay import UploadBody
 
 # Idle pooled upstream connections kept per host; more are opened when streams overlap.
 POOL_IDLE_PER_HOST = 32
@@ -193,3 +200,33 @@ def upstream_client(
     endpoints = UpstreamEndpoints(reactor, tls=tls, connect_timeout=connect_timeout)
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     return HTTPClient(IdentityEncodingAgent(agent), cookiejar=NoCookieJar())
+
+
+def upstream_headers(
+    raw: Iterable[tuple[bytes, Sequence[bytes]]], *, api_key: bytes, client: object, secure: bool
+) -> Headers:
+    """The headers a client's request goes upstream with (``headers.upstream_request_headers``:
+    its credentials replaced by the key, hop-by-hop ones dropped, X-Forwarded-* added)."""
+    address = getattr(client, "host", None)
+    headers = Headers()
+    for name, values in upstream_request_headers(
+        raw,
+        api_key=api_key,
+        client_address=address.encode("ascii") if isinstance(address, str) else None,
+        scheme=b"https" if secure else b"http",
+    ):
+        headers.setRawHeaders(name, values)
+    return headers
+
+
+def upload_body(
+    content: IO[bytes] | None, *, cooperator: Cooperator, progress: Callable[[], object]
+) -> IBodyProducer | None:
+    """The spooled request body as the upstream request's producer; None when empty."""
+    if content is None:
+        return None
+    content.seek(0, 2)
+    if content.tell() == 0:
+        return None
+    content.seek(0)
+    return UploadBody(content, cooperator=cooperator, progress=progress)

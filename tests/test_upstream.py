@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import email
+from io import BytesIO
 from typing import Any
 from urllib.request import Request as UrllibRequest
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.client import URI, _HTTP11ClientFactory
 from twisted.web.error import SchemeNotSupported
 
+from difytw.relay import UploadBody
 from difytw.upstream import (
     POOL_IDLE_PER_HOST,
     NoCookieJar,
     UpstreamEndpoints,
     tls_policy,
+    upload_body,
     upstream_client,
+    upstream_headers,
     upstream_pool,
 )
 from tests.test_proxy_client import cookie
@@ -105,3 +111,28 @@ def test_the_jar_keeps_and_sends_nothing() -> None:
     jar.add_cookie_header(request)
     assert list(jar) == []
     assert not request.has_header("Cookie")
+
+
+def test_upstream_headers_carry_the_key_and_the_client_hop() -> None:
+    headers = upstream_headers(
+        [(b"Authorization", [b"Bearer client-token"]), (b"Accept", [b"text/event-stream"])],
+        api_key=b"app-k",
+        client=IPv4Address("TCP", "10.0.0.7", 50000),
+        secure=True,
+    )
+    assert headers.getRawHeaders(b"Authorization") == [b"Bearer app-k"]
+    assert headers.getRawHeaders(b"Accept") == [b"text/event-stream"]
+    assert headers.getRawHeaders(b"X-Forwarded-For") == [b"10.0.0.7"]
+    assert headers.getRawHeaders(b"X-Forwarded-Proto") == [b"https"]
+
+
+def test_an_empty_body_sends_no_producer_and_a_read_one_is_rewound() -> None:
+    cooperator = Cooperator(started=False)
+    assert upload_body(None, cooperator=cooperator, progress=lambda: None) is None
+    assert upload_body(BytesIO(), cooperator=cooperator, progress=lambda: None) is None
+    spool = BytesIO(b'{"query": "hi"}')
+    spool.read()
+    body = upload_body(spool, cooperator=cooperator, progress=lambda: None)
+    assert isinstance(body, UploadBody)
+    assert body.length == len(b'{"query": "hi"}')
+    assert spool.tell() == 0
