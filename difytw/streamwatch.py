@@ -26,6 +26,8 @@ WORKFLOW_TERMINAL = ("workflow_finished", "workflow_paused", "error")
 MESSAGE_TERMINAL = ("message_end", "error")
 _NOTABLE = ("message_end", "workflow_finished", "workflow_paused", '"error"', "workflow_started")
 IDS = ("task_id", "workflow_run_id", "conversation_id", "message_id")
+# Frames decoded in full at the start, where the ids are.
+ID_FRAMES = 8
 # A watched frame larger than this stops the watching (not the stream).
 MAX_WATCHED_EVENT = 16 * 1024 * 1024
 
@@ -36,8 +38,7 @@ class StreamWatch:
     def __init__(self, max_event_size: int = MAX_WATCHED_EVENT) -> None:
         self._decoder: Decoder | None = Decoder(max_event_size=max_event_size, dispatch_empty=True)
         self.ids: dict[str, str] = {}
-        self.events = 0
-        self.pings = 0
+        self.frames = 0  # dispatched SSE blocks, pings included
         self.terminal: str | None = None  # the terminal event's name, once seen
         self.last_event: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -46,6 +47,8 @@ class StreamWatch:
         self.workflow_status: str | None = None
         self.workflow_tokens: int | None = None
         self.broken: str | None = None  # why watching stopped early, if it did
+        # True while everything fed so far ended exactly at an event boundary.
+        self._at_boundary = True
 
     @property
     def task_id(self) -> str | None:
@@ -65,6 +68,22 @@ class StreamWatch:
     def feed(self, data: bytes) -> None:
         if self._decoder is None:
             return
+        if (
+            self._at_boundary
+            and self.frames >= ID_FRAMES
+            and data.endswith(b"\n\n")
+            and b"message_end" not in data
+            and b"workflow_" not in data
+            and b'"error"' not in data
+        ):
+            # Fast path, the common case mid-stream: reads of whole events that name
+            # nothing we act on.  The decoder holds nothing pending, so skipping it loses
+            # no state; only the frame count moves (Dify sends no runs of blank lines).
+            # A few substring tests in C cost a fraction of decoding (the bench: ~3 us
+            # of ~10 us per event went to watching before this).
+            self.frames += data.count(b"\n\n")
+            return
+        self._at_boundary = data.endswith(b"\n\n") or (self._at_boundary and not data)
         try:
             items = self._decoder.feed(data)
         except SSEError as e:
@@ -77,12 +96,11 @@ class StreamWatch:
                 self._event(item)
 
     def _event(self, event: Event) -> None:
+        self.frames += 1
         if event.event == "ping" or not event.data:
-            self.pings += 1
             return
-        self.events += 1
         text = event.data
-        wanted = len(self.ids) < len(IDS) and self.events <= 8
+        wanted = len(self.ids) < len(IDS) and self.frames <= ID_FRAMES
         if not wanted and not any(name in text for name in _NOTABLE):
             return
         try:

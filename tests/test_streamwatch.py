@@ -19,8 +19,7 @@ def summary(watch: StreamWatch) -> tuple[object, ...]:
         dict(watch.ids),
         watch.terminal,
         watch.usage,
-        watch.events,
-        watch.pings,
+        watch.frames,
         watch.error,
         watch.workflow_status,
         watch.total_tokens,
@@ -89,4 +88,45 @@ def test_non_json_and_pings_are_tolerated() -> None:
     watch = StreamWatch()
     watch.feed(b"event: ping\n\ndata: [DONE]\n\n: comment\n\n")
     watch.feed(frame(event="message", task_id="t1", answer="a"))
-    assert watch.pings == 1 and watch.events == 2 and watch.task_id == "t1"
+    assert watch.frames == 3 and watch.task_id == "t1"  # a comment-only block is no frame
+
+
+def long_chat(n: int = 60) -> list[bytes]:
+    envelope = {"conversation_id": "c", "message_id": "m", "created_at": 1, "task_id": "t"}
+    frames = [frame(event="message", **envelope, answer=f"w{i} ") for i in range(n)]
+    frames.insert(n // 2, b"event: ping\n\n")
+    frames.append(frame(event="message_end", **envelope, metadata={"usage": {"total_tokens": n}}))
+    return frames
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 50])
+def test_fast_path_reads_agree_with_full_decoding(step: int) -> None:
+    frames = long_chat()
+    per_frame = StreamWatch()  # reads end on frame boundaries: mostly the fast path
+    for frame_bytes in frames:
+        per_frame.feed(frame_bytes)
+    body = b"".join(frames)
+    ragged = StreamWatch()  # reads split anywhere: the decoder path
+    for start in range(0, len(body), step):
+        ragged.feed(body[start : start + step])
+    assert summary(per_frame) == summary(ragged)
+    assert per_frame.terminal == "message_end" and per_frame.total_tokens == 60
+    assert per_frame.frames == 62
+
+
+def test_a_terminal_event_packed_with_plain_frames_is_seen() -> None:
+    frames = long_chat()
+    watch = StreamWatch()
+    for frame_bytes in frames[:20]:
+        watch.feed(frame_bytes)
+    watch.feed(b"".join(frames[20:]))  # many frames and the terminal one in one read
+    assert watch.terminal == "message_end"
+
+
+def test_an_error_frame_after_the_ids_is_seen() -> None:
+    frames = long_chat()[:20]
+    watch = StreamWatch()
+    for frame_bytes in frames:
+        watch.feed(frame_bytes)
+    watch.feed(frame(event="error", code="completion_request_error", status=400, message="x"))
+    assert watch.terminal == "error" and watch.error is not None
