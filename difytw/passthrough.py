@@ -3,7 +3,7 @@
 When difyreplay records (``--record-mode once|new_episodes|all``), a request it has no
 fixture for -- every request, in ``all`` -- goes to ``--upstream`` with the real key
 (``DIFY_API_KEY``), and the answer is relayed read by read while a ``RecordingTap`` tees it
-into a new fixture.  The pieces are the proxy's: ``proxy.upstream_client`` (no cookies, no
+into a new fixture.  The pieces are the proxy's: ``upstream.upstream_client`` (no cookies, no
 redirects, identity encoding), ``headers.upstream_request_headers`` (the client's
 Authorization and Cookie never travel) and ``relay.BodyRelay``.  What differs is the end:
 the replay plays Dify, so an upstream body that is cut is a client connection that is cut
@@ -31,10 +31,11 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 
 from difytw.errors import DifyError
 from difytw.faults import FAULT_HEADER
-from difytw.headers import client_response_headers, is_event_stream, upstream_request_headers
+from difytw.headers import client_response_headers, is_event_stream
 from difytw.journal import Journal, JournalEntry
 from difytw.recordfolder import RecordFolder, RecordingTap
-from difytw.relay import BodyRelay, RelayEnd, UploadBody
+from difytw.relay import BodyRelay, RelayEnd
+from difytw.upstream import upload_body, upstream_headers
 
 _log = Logger()
 
@@ -217,29 +218,17 @@ class Passthrough:
         ]
 
     def _upstream_headers(self, request: IRequest) -> Headers:
-        address = getattr(request.getClientAddress(), "host", None)
-        headers = Headers()
-        for name, values in upstream_request_headers(
+        return upstream_headers(
             self._headers_of(request),
             api_key=self._key,
-            client_address=address.encode("ascii") if isinstance(address, str) else None,
-            scheme=b"https" if request.isSecure() else b"http",
-        ):
-            headers.setRawHeaders(name, values)
-        return headers
+            client=request.getClientAddress(),
+            secure=request.isSecure(),
+        )
 
     def _body(self, request: IRequest, timer: Any) -> IBodyProducer | None:
-        content = request.content
-        if content is None:
-            return None
-        content.seek(0, 2)
-        if content.tell() == 0:
-            return None
-        content.seek(0)
-
         def uploaded_a_slice() -> None:
             # The header timeout bounds silence, not size (as in difyproxy).
             if timer.active():
                 timer.reset(self._header_timeout)
 
-        return UploadBody(content, cooperator=self._cooperator, progress=uploaded_a_slice)
+        return upload_body(request.content, cooperator=self._cooperator, progress=uploaded_a_slice)

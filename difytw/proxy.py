@@ -61,8 +61,6 @@ from difytw.stopper import (
     run_route,
 )
 from difytw.upstream import (
-    IdentityEncodingAgent,
-    NoCookies,
     tls_policy,
     upload_body,
     upstream_client,
@@ -72,15 +70,7 @@ from difytw.upstream import (
 from difytw.uri import RequestTarget, UpstreamRoute
 from difytw.usage import log_usage
 
-# The upstream client's pieces stay importable from here for callers that predate upstream.py.
-__all__ = [
-    "IdentityEncodingAgent",
-    "NoCookies",
-    "ProxyApp",
-    "ProxyConfig",
-    "tls_policy",
-    "upstream_client",
-]
+__all__ = ["ProxyApp", "ProxyConfig"]
 
 _log = Logger()
 

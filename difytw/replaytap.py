@@ -21,10 +21,10 @@ from twisted.web.client import HTTPConnectionPool
 from difytw.fixture import FixtureError
 from difytw.fixtureindex import FixtureIndex
 from difytw.passthrough import Passthrough, RecordMode
-from difytw.proxy import tls_policy, upstream_client
 from difytw.recordfolder import FolderError, RecordFolder
 from difytw.replay import ReplayApp
 from difytw.scrub import Rule, RuleError, parse_rule
+from difytw.upstream import tls_policy, upstream_client
 from difytw.uri import normalize_upstream
 from difytw.web import ListeningService
 

@@ -14,7 +14,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from difytw.proxy import IdentityEncodingAgent, NoCookies
+from difytw.upstream import IdentityEncodingAgent, NoCookies
 
 
 @implementer(IAgent)

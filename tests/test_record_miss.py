@@ -25,10 +25,10 @@ from twisted.web.server import Site
 from difytw.fixture import end_for, load
 from difytw.fixtureindex import FixtureIndex
 from difytw.passthrough import Passthrough, RecordMode
-from difytw.proxy import tls_policy, upstream_client
 from difytw.recordfolder import RecordFolder
 from difytw.replay import ReplayApp
 from difytw.scrub import parse_rule
+from difytw.upstream import tls_policy, upstream_client
 from tests.conftest import FIXTURES, TEST_KEY, RunningReplay
 from tests.test_proxy_harness import CHAT, fetch, free_port, start_fetch, wait_for
 
