@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from difytw.fixture import Fixture, FixtureError, dumps, load
+from difytw.fixture import Fixture, FixtureError, load
 from difytw.fixturelint import lint_file, lint_text
 from difytw.fixtureshow import render
+from difytw.fixturewrite import dumps
 from difytw.har import DEFAULT_BASE_URL, export_har
 from difytw.harimport import HarError, import_har
 from difytw.pacing import retime

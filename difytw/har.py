@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from difytw import __version__
-from difytw.fixture import Fixture, dumps
+from difytw.fixture import Fixture
+from difytw.fixturewrite import dumps
 
 CREATOR = {"name": "difytw-fixture", "version": __version__}
 # RFC 2606: a .invalid host never resolves, so a HAR viewer's "replay" cannot reach anything.

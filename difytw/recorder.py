@@ -28,7 +28,8 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from difytw.fixture import FixtureWriter, MatchRules, Request, Response
+from difytw.fixture import MatchRules, Request, Response
+from difytw.fixturewrite import FixtureWriter
 from difytw.scrub import Rule, scrub_bytes, scrub_chunks, scrub_text
 
 # Longest secret we promise to catch across reads: a JWT bearer token fits in this.

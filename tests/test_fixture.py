@@ -21,16 +21,14 @@ from difytw.fixture import (
     End,
     Fixture,
     FixtureError,
-    FixtureWriter,
     MatchRules,
     Request,
     Response,
-    dump,
-    dumps,
     end_for,
     load,
     loads,
 )
+from difytw.fixturewrite import FixtureWriter, dump, dumps
 from difytw.sse import Event, decode
 
 HEAD = {"type": "fixture", "format": FORMAT, "id": "t", "provenance": "test"}

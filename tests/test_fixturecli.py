@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from difytw.fixture import Fixture, dumps, load, loads
+from difytw.fixture import Fixture, load, loads
 from difytw.fixturecli import main
+from difytw.fixturewrite import dumps
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FILES = sorted(FIXTURES.glob("*.jsonl"))

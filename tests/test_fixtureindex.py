@@ -12,16 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from difytw.fixture import (
-    Fixture,
-    FixtureError,
-    MatchRules,
-    Request,
-    Response,
-    dump,
-    end_for,
-)
+from difytw.fixture import Fixture, FixtureError, MatchRules, Request, Response, end_for
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch, json_equal
+from difytw.fixturewrite import dump
 
 CHAT = "/v1/chat-messages"
 

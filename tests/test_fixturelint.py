@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from difytw.eventcatalog import family
-from difytw.fixture import Chunk, Fixture, Request, Response, dumps, end_for, load
+from difytw.fixture import Chunk, Fixture, Request, Response, end_for, load
 from difytw.fixturelint import Finding, lint_file, lint_text
+from difytw.fixturewrite import dumps
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FILES = sorted(FIXTURES.glob("*.jsonl"))

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from difytw.eventcatalog import split_frames, unfinished
-from difytw.fixture import Chunk, Fixture, Request, Response, dumps, end_for, load, loads
+from difytw.fixture import Chunk, Fixture, Request, Response, end_for, load, loads
+from difytw.fixturewrite import dumps
 from difytw.pacing import paced, retime, tokens
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

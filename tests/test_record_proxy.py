@@ -25,7 +25,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.web.client import ResponseDone
 
-from difytw.fixture import FixtureWriter, Request, Response, load
+from difytw.fixture import Request, Response, load
+from difytw.fixturewrite import FixtureWriter
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.proxytap import Options
 from difytw.recordfolder import RecordFolder, RecordingTap
