@@ -1,12 +1,21 @@
 """difytw: put the Dify API behind your own Twisted server.
 
-Module map (imports point one way, top to bottom):
+Module map (imports point one way, top to bottom; each module's docstring says what it owns):
 
-- ``sse``, ``errors``, ``fixture`` -- pure wire formats (no Twisted);
-- ``fixtureindex``, ``faults``, ``blocking`` -- pure logic over fixtures;
-- ``relay`` -- Twisted glue that moves body bytes with backpressure;
-- ``proxy`` / ``replay`` -- the two klein applications;
-- ``proxytap`` / ``replaytap`` -- ``twist`` options and services.
+- wire formats, pure (no Twisted): ``sse``, ``errors``, ``fixture`` / ``fixturewrite``;
+- pure logic over them: ``fixtureindex``, ``faults``, ``blocking``, ``streamwatch``,
+  ``scrub``, ``recorder``, ``uri``, ``headers``, ``uploads``, and the access decisions
+  (``auth``, ``authconfig``, ``identity``, ``formuser``, ``allowlist``, ``limits``, ``cors``,
+  ``refusal``);
+- the fixture toolbox (pure): ``eventcatalog``, ``streamlint``, ``fixturelint``,
+  ``fixtureshow``, ``pacing``, ``transcript``, ``har``, ``harimport``, ``fixturecli``;
+- Twisted glue: ``relay`` (body bytes with backpressure), ``upstream`` (the treq client),
+  ``journal``, ``playback``, ``stopper``, ``usage``, ``recordfolder``, ``access``,
+  ``accesslog``;
+- the two klein applications: ``proxy`` and ``replay`` (with ``passthrough`` for recording);
+- ``web`` -- the offline demo (page + proxy + in-process replay);
+- ``proxytap`` / ``replaytap`` (+ ``accessoptions``) -- ``twist`` options and services,
+  named by ``twisted/plugins/difytw_plugins.py``.
 """
 
 __version__ = "0.1.0"
