@@ -61,6 +61,7 @@ from difytw.stopper import (
     run_route,
 )
 from difytw.upstream import (
+    WireURL,
     tls_policy,
     upload_body,
     upstream_client,
@@ -267,7 +268,7 @@ class ProxyApp:
         )
         sending = self._client.request(
             request.method.decode("ascii"),
-            url,
+            WireURL(url),
             headers=headers,
             data=upload_body(
                 request.content, cooperator=self._cooperator, progress=uploaded_a_slice
