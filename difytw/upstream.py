@@ -77,9 +77,10 @@ class WireURL(EncodedURL):
     a parse, an IDNA pass over the host and a percent-encoding pass over every part, ~30 us
     per request.  ``difytw.uri`` built this URL from the checked ``--upstream`` base and a
     request-target vetted to RFC 3986's alphabet, so it is a URI already and those passes
-    could only change it (they drop a bare trailing ``?``, and fail on an IPv6 literal
-    host).  So ``to_uri`` is the URL itself and ``to_text`` its bytes as given; anything
-    else hyperlink offers is parsed on first use.
+    could only change it: they fail on an IPv6 literal host, and drop a bare trailing
+    ``?`` (which Twisted's ``Agent`` drops below treq anyway, so the wire is unchanged).
+    So ``to_uri`` is the URL itself and ``to_text`` its bytes as given; anything else
+    hyperlink offers is parsed on first use.
     """
 
     def __init__(self, raw: bytes) -> None:

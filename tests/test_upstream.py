@@ -173,7 +173,8 @@ def test_treq_sends_a_wire_url_byte_for_byte(base: str, rest: str) -> None:
 
 
 def test_a_wire_url_keeps_what_hyperlink_would_change() -> None:
-    # treq's own text path drops a bare "?" (and cannot encode an IPv6 literal host).
+    # treq's own text path drops a bare "?" (and cannot encode an IPv6 literal host); the
+    # Agent below treq drops the "?" too, but that is no reason to rewrite a URL twice.
     agent = RecordingAgent()
     HTTPClient(agent).request("GET", "http://127.0.0.1:5001/v1/x?", unbuffered=True)  # type: ignore[arg-type]
     HTTPClient(agent).request("GET", WireURL(b"http://127.0.0.1:5001/v1/x?"), unbuffered=True)  # type: ignore[arg-type]
