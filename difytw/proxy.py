@@ -53,6 +53,7 @@ from difytw.recordfolder import RecordFolder
 from difytw.relay import BodyObserver, BodyRelay, RelayEnd
 from difytw.stopper import (
     MAX_BODY_FOR_USER,
+    RunRoute,
     StopClient,
     StopPolicy,
     UpstreamRun,
@@ -213,6 +214,18 @@ class ProxyApp:
         """What this request may start upstream, and the ``user`` it goes with."""
         route = run_route(request.method, url)
         path, _, query = request.uri.partition(b"?")
+        user = getattr(request, "dify_user", None)  # set by the access gate (issue 6)
+        if not isinstance(user, str):
+            # Only without the gate's user is it worth reading the query or parsing the
+            # body (up to 1 MiB of JSON, a second parse after the gate's) for the caller's.
+            user = self._caller_user(request, route, query)
+        elif route is not None and request.content is not None:
+            request.content.seek(0)  # where the body is read from next, as after a parse
+        return UpstreamRun(path.decode("latin-1"), route, user, self._clock.seconds())
+
+    @staticmethod
+    def _caller_user(request: ProxyExchange, route: RunRoute | None, query: bytes) -> str | None:
+        """The ``user`` the caller named, in the body for a run route, else the query."""
         user = query_user(query)
         content = request.content
         if route is not None and content is not None:
@@ -222,10 +235,7 @@ class ProxyApp:
                 content_type = request.requestHeaders.getRawHeaders(b"Content-Type", [None])[0]
                 user = body_user(content_type, content.read())
             content.seek(0)
-        enforced = getattr(request, "dify_user", None)  # set by the access gate (issue 6)
-        if isinstance(enforced, str):
-            user = enforced
-        return UpstreamRun(path.decode("latin-1"), route, user, self._clock.seconds())
+        return user
 
     async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
         run = self._upstream_run(request, url)

@@ -1,0 +1,64 @@
+"""The user a proxied run goes with: the access gate's when it set one, else the caller's."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any, cast
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.http_headers import Headers
+
+from difytw.accesslog import ProxyExchange
+from difytw.proxy import ProxyApp, ProxyConfig
+
+URL = b"http://127.0.0.1:5001/v1/chat-messages"
+
+
+class CountingBody(BytesIO):
+    reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+class FakeRequest:
+    def __init__(self, body: bytes, **extra: Any) -> None:
+        self.method = b"POST"
+        self.uri = b"/dify/v1/chat-messages?user=from-query"
+        self.content = CountingBody(body)
+        self.requestHeaders = Headers({b"Content-Type": [b"application/json"]})
+        self.__dict__.update(extra)
+
+
+def app() -> ProxyApp:
+    return ProxyApp(
+        ProxyConfig(upstream="http://127.0.0.1:5001", api_key="app-" + "x" * 20),
+        reactor=MemoryReactorClock(),
+    )
+
+
+def test_the_gate_user_wins_and_the_body_is_not_parsed_again() -> None:
+    request = FakeRequest(json.dumps({"user": "named"}).encode(), dify_user="enforced")
+    request.content.read()  # the gate leaves the spool wherever its parse ended
+    request.content.reads = 0
+    run = app()._upstream_run(cast(ProxyExchange, request), URL)
+    assert run.user == "enforced"
+    assert request.content.reads == 0
+    assert request.content.tell() == 0  # rewound for the upload and the recorder
+
+
+def test_without_the_gate_the_body_names_the_user() -> None:
+    request = FakeRequest(json.dumps({"user": "named"}).encode())
+    run = app()._upstream_run(cast(ProxyExchange, request), URL)
+    assert run.user == "named"
+    assert request.content.tell() == 0
+
+
+def test_without_the_gate_or_a_json_user_the_query_names_it() -> None:
+    request = FakeRequest(b"")
+    request.uri = b"/dify/v1/parameters?user=from-query"
+    request.method = b"GET"
+    run = app()._upstream_run(cast(ProxyExchange, request), b"http://127.0.0.1:5001/v1/parameters")
+    assert run.user == "from-query"
