@@ -84,7 +84,34 @@ class NoAuth:
     names_own_user: bool = True
 
     def authenticate(self, caller: Caller) -> Identity:
+        # DNS rebinding: a web page can make its own host name resolve to 127.0.0.1, and
+        # the browser then calls a loopback listener as that page's own origin.  With no
+        # authentication, only requests addressed to a loopback name are answered.
+        hosts = caller.values(b"host")
+        if len(hosts) != 1 or not loopback_host(hosts[0]):
+            raise Refusal(
+                403,
+                "forbidden_host",
+                "With --auth none this proxy answers only requests addressed to a loopback "
+                "host (localhost, 127.0.0.1, [::1]); put an --auth mode in front of it for "
+                "any other name.",
+            )
         return Identity(self.sub, names_own_user=self.names_own_user)
+
+
+def loopback_host(host: bytes) -> bool:
+    """Whether a Host header names this machine's loopback (port ignored)."""
+    name = host.strip().lower()
+    if name.startswith(b"["):
+        name = name[1 : name.find(b"]")] if b"]" in name else b""
+    elif name.count(b":") == 1:
+        name = name.partition(b":")[0]
+    if name == b"localhost" or name.endswith(b".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.decode("ascii")).is_loopback
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def token_digest(token: bytes) -> bytes:

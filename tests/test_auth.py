@@ -303,9 +303,48 @@ def test_bad_cidrs_name_the_flag(bad: str) -> None:
 
 
 def test_none_gives_everyone_one_identity() -> None:
-    assert NoAuth().authenticate(caller()) == Identity("anonymous", names_own_user=True)
+    local = {"host": "127.0.0.1:8080"}
+    assert NoAuth().authenticate(caller(**local)) == Identity("anonymous", names_own_user=True)
     demo = NoAuth("demo-user", names_own_user=False)
-    assert demo.authenticate(caller("Bearer whatever")) == Identity("demo-user")
+    assert demo.authenticate(caller("Bearer whatever", **local)) == Identity("demo-user")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:8080",
+        "127.9.9.9:1",
+        "localhost",
+        "LOCALHOST:8080",
+        "app.localhost:3000",
+        "[::1]",
+        "[::1]:8080",
+        "::1",
+    ],
+)
+def test_none_answers_loopback_host_names(host: str) -> None:
+    assert NoAuth().authenticate(caller(host=host)).sub == "anonymous"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "",
+        "evil.example",
+        "evil.example:8080",
+        "10.0.0.1:8080",
+        "[2001:db8::1]:80",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+    ],
+)
+def test_none_refuses_other_host_names_against_dns_rebinding(host: str | None) -> None:
+    extra = {} if host is None else {"host": host}
+    with pytest.raises(Refusal) as refused:
+        NoAuth().authenticate(caller(**extra))
+    assert (refused.value.status, refused.value.code) == (403, "forbidden_host")
 
 
 @pytest.mark.parametrize(
