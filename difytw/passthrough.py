@@ -29,13 +29,17 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IRequest
 
-from difytw.errors import DifyError
 from difytw.faults import FAULT_HEADER
 from difytw.headers import client_response_headers, is_event_stream
 from difytw.journal import Journal, JournalEntry
 from difytw.recordfolder import RecordFolder, RecordingTap
 from difytw.relay import BodyRelay, RelayEnd
-from difytw.upstream import upload_body, upstream_headers
+from difytw.upstream import (
+    upload_body,
+    upstream_headers,
+    upstream_timeout,
+    upstream_unavailable,
+)
 
 _log = Logger()
 
@@ -129,11 +133,7 @@ class Passthrough:
             if not timed_out:
                 journal.close(entry, "client_closed", self._clock.seconds())
                 raise  # the client left before the head: klein cancelled us
-            raise DifyError(
-                504,
-                "upstream_timeout",
-                f"Upstream sent no response for {self._header_timeout:g} seconds.",
-            ) from None
+            raise upstream_timeout(self._header_timeout) from None
         except Exception as error:
             _log.warn(
                 "record: upstream unavailable: {kind} for {method} {path}",
@@ -142,11 +142,7 @@ class Passthrough:
                 path=entry.path,
                 failure=Failure(),
             )
-            raise DifyError(
-                502,
-                "upstream_unavailable",
-                f"The upstream Dify API could not be reached ({type(error).__name__}).",
-            ) from None
+            raise upstream_unavailable(error) from None
         finally:
             if timer.active():
                 timer.cancel()

@@ -68,6 +68,8 @@ from difytw.upstream import (
     upstream_client,
     upstream_headers,
     upstream_pool,
+    upstream_timeout,
+    upstream_unavailable,
 )
 from difytw.uri import RequestTarget, UpstreamRoute
 from difytw.usage import log_usage
@@ -304,12 +306,7 @@ class ProxyApp:
                 request.outcome = RelayEnd.CLIENT_GONE.value
                 return
             if timed_out:
-                raise DifyError(
-                    504,
-                    "upstream_timeout",
-                    f"The upstream Dify API sent no response for "
-                    f"{self.config.header_timeout:g} seconds.",
-                ) from None
+                raise upstream_timeout(self.config.header_timeout) from None
             _log.warn(
                 "upstream unavailable: {kind} for {method} {url}",
                 kind=type(error).__name__,
@@ -317,11 +314,7 @@ class ProxyApp:
                 url=url.partition(b"?")[0].decode("ascii"),
                 failure=Failure(),
             )
-            raise DifyError(
-                502,
-                "upstream_unavailable",
-                f"The upstream Dify API could not be reached ({type(error).__name__}).",
-            ) from None
+            raise upstream_unavailable(error) from None
         finally:
             if timer.active():
                 timer.cancel()

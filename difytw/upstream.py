@@ -59,6 +59,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
+from difytw.errors import DifyError
 from difytw.headers import upstream_request_headers
 from difytw.relay import UploadBody
 
@@ -268,3 +269,17 @@ def upload_body(
         return None
     content.seek(0)
     return UploadBody(content, cooperator=cooperator, progress=progress)
+
+
+def upstream_timeout(seconds: float) -> DifyError:
+    """504 for an upstream that sent no response head in time (difyproxy and passthrough)."""
+    message = f"The upstream Dify API sent no response for {seconds:g} seconds."
+    return DifyError(504, "upstream_timeout", message)
+
+
+def upstream_unavailable(error: BaseException) -> DifyError:
+    """502 for an upstream that could not be reached: connect, DNS or TLS failure."""
+    kind = type(error).__name__
+    return DifyError(
+        502, "upstream_unavailable", f"The upstream Dify API could not be reached ({kind})."
+    )
