@@ -16,6 +16,7 @@ import pytest_twisted
 from hypothesis import settings
 from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 # Hypothesis's per-example deadline is a timing assert in disguise: on a loaded 2-core CI
 # machine a correct example can take longer than 200 ms.  Properties here assert results.
@@ -72,3 +73,15 @@ def start_replay() -> Iterator[Callable[..., RunningReplay]]:
 def replay(start_replay: Callable[..., RunningReplay]) -> RunningReplay:
     """A replay server on all of fixtures/, as fast as possible, requiring TEST_KEY."""
     return start_replay()
+
+
+@pytest.fixture
+def logged() -> Iterator[list[LogEvent]]:
+    """Every log event of the test; afterwards, none of them may contain the key."""
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+    for event in events:
+        assert TEST_KEY not in repr(event)
+        assert TEST_KEY not in (formatEvent(event) or "")

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 
 from tests.rawhttp import build_request
 from tests.rawhttp import fetch as raw_fetch
 from tests.test_proxy_harness import (
     CHAT,
-    TEST_KEY,
     RunningProxy,
     fetch,
     free_port,
@@ -26,17 +24,6 @@ from tests.test_proxy_harness import (
 __all__ = ["start_proxy"]
 
 FIELDS = {"method", "path", "status", "bytes", "ttfb", "duration", "outcome", "client_left_early"}
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-    for event in events:  # whatever was logged, the key is not in it
-        assert TEST_KEY not in repr(event)
-        assert TEST_KEY not in (formatEvent(event) or "")
 
 
 def access(events: list[LogEvent]) -> list[LogEvent]:

@@ -6,14 +6,14 @@ one); over loopback, the proxy's events are captured with a ``twisted.logger`` o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 
 from difytw.fixture import Fixture, load
 from difytw.streamwatch import StreamWatch
@@ -21,7 +21,6 @@ from difytw.usage import usage_fields
 from tests.test_proxy_harness import (
     CHAT,
     FIXTURES,
-    TEST_KEY,
     RunningProxy,
     data_frames,
     fetch,
@@ -159,17 +158,6 @@ def test_the_fields_do_not_depend_on_how_the_stream_was_read(data: st.DataObject
 
 
 # -- over loopback -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-    for event in events:  # whatever was logged, the key is not in it
-        assert TEST_KEY not in repr(event)
-        assert TEST_KEY not in (formatEvent(event) or "")
 
 
 def usage_lines(events: list[LogEvent]) -> list[LogEvent]:
