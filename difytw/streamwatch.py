@@ -9,7 +9,9 @@ reads.
 
 Cost matters (it runs on every read of every stream): the SSE decoder does
 the framing, but JSON is parsed only while an id is still unknown or when a
-frame's text names an event we act on.
+frame's text names an event we act on.  Pings never end the hunt for the
+ids: Dify pings every 10 s before the first token (contract 2.3), so a slow
+run may open with dozens of them, and its ``task_id`` must still be caught.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ WORKFLOW_TERMINAL = ("workflow_finished", "workflow_paused", "error")
 MESSAGE_TERMINAL = ("message_end", "error")
 _NOTABLE = ("message_end", "workflow_finished", "workflow_paused", '"error"', "workflow_started")
 IDS = ("task_id", "workflow_run_id", "conversation_id", "message_id")
-# Frames decoded in full at the start, where the ids are.
+# Data frames (pings and comments do not count) decoded in full at the start, where the
+# ids are.  Until a frame names ``task_id``, the one id a stop call needs, every data
+# frame is decoded: all Dify frames but ``error`` and ``ping`` carry it (contract 2.6).
 ID_FRAMES = 8
 # A watched frame larger than this stops the watching (not the stream).
 MAX_WATCHED_EVENT = 16 * 1024 * 1024
@@ -39,6 +43,7 @@ class StreamWatch:
         self._decoder: Decoder | None = Decoder(max_event_size=max_event_size, dispatch_empty=True)
         self.ids: dict[str, str] = {}
         self.frames = 0  # dispatched SSE blocks, pings included
+        self._data_frames = 0  # dispatched blocks with data, while still hunting for ids
         self.terminal: str | None = None  # the terminal event's name, once seen
         self.last_event: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -65,12 +70,19 @@ class StreamWatch:
             return tokens
         return self.workflow_tokens
 
+    @property
+    def _hunting(self) -> bool:
+        """Whether every data frame is still decoded for the ids (it only ever turns off)."""
+        if "task_id" not in self.ids:
+            return True
+        return len(self.ids) < len(IDS) and self._data_frames < ID_FRAMES
+
     def feed(self, data: bytes) -> None:
         if self._decoder is None:
             return
         if (
             self._at_boundary
-            and self.frames >= ID_FRAMES
+            and not self._hunting
             and data.endswith(b"\n\n")
             and b"message_end" not in data
             and b"workflow_" not in data
@@ -100,7 +112,9 @@ class StreamWatch:
         if event.event == "ping" or not event.data:
             return
         text = event.data
-        wanted = len(self.ids) < len(IDS) and self.frames <= ID_FRAMES
+        wanted = self._hunting
+        if wanted:
+            self._data_frames += 1
         if not wanted and not any(name in text for name in _NOTABLE):
             return
         try:

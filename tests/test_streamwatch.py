@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from difytw.fixture import load
-from difytw.streamwatch import StreamWatch
+from difytw.streamwatch import ID_FRAMES, StreamWatch
 from tests.conftest import FIXTURES
 
 STREAMS = sorted(p for p in FIXTURES.glob("*.jsonl") if load(p).response.is_stream)
@@ -130,3 +132,86 @@ def test_an_error_frame_after_the_ids_is_seen() -> None:
         watch.feed(frame_bytes)
     watch.feed(frame(event="error", code="completion_request_error", status=400, message="x"))
     assert watch.terminal == "error" and watch.error is not None
+
+
+# -- leading pings (contract 2.3: a ping every 10 s until the first token) -----------------
+
+PING = b"event: ping\n\n"
+WORKFLOW_ENVELOPE = {"task_id": "wt", "workflow_run_id": "wr"}
+
+
+def slow_workflow(n: int = 12) -> list[bytes]:
+    frames = [frame(event="workflow_started", **WORKFLOW_ENVELOPE, data={})]
+    frames += [frame(event="node_started", **WORKFLOW_ENVELOPE, data={"i": i}) for i in range(n)]
+    frames.append(frame(event="workflow_finished", **WORKFLOW_ENVELOPE, data={"status": "ok"}))
+    return frames
+
+
+def pinged(frames: list[bytes], pings: int) -> list[bytes]:
+    return [PING] * pings + frames
+
+
+@pytest.mark.parametrize("pings", [ID_FRAMES, ID_FRAMES + 1, 30])
+@pytest.mark.parametrize(
+    ("frames", "ids"),
+    [
+        (long_chat(), {"task_id": "t", "conversation_id": "c", "message_id": "m"}),
+        (
+            [frame(event="message", task_id="ct", message_id="cm", answer="a")] * 3,
+            {"task_id": "ct", "message_id": "cm"},
+        ),
+        (slow_workflow(), WORKFLOW_ENVELOPE),
+    ],
+    ids=["chat", "completion", "workflow"],
+)
+def test_leading_pings_do_not_hide_the_task_id(
+    pings: int, frames: list[bytes], ids: dict[str, str]
+) -> None:
+    # The caller leaves after a few frames: the terminal event, which names the ids
+    # too, never comes, so they must be caught from the first data frames.
+    stream = pinged(frames[:3], pings)
+    per_frame = StreamWatch()  # each ping its own read, as Dify writes them
+    for frame_bytes in stream:
+        per_frame.feed(frame_bytes)
+    assert per_frame.ids == ids and not per_frame.finished
+    body = b"".join(stream)
+    for cut in range(len(body) + 1):
+        watch = StreamWatch()
+        watch.feed(body[:cut])
+        watch.feed(body[cut:])
+        assert summary(watch) == summary(per_frame), cut
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=12),
+    st.lists(st.integers(min_value=1, max_value=400), max_size=20),
+)
+def test_pings_anywhere_at_the_start_at_any_chunking(pings: list[int], cuts: list[int]) -> None:
+    """Runs of pings before each of the first frames of an unfinished chat, read in
+    arbitrary pieces: the ids are known all the same."""
+    frames = long_chat()[:-1]  # no message_end: it would name the ids late
+    stream: list[bytes] = []
+    for run, frame_bytes in zip(pings, frames, strict=False):
+        stream += [PING] * run + [frame_bytes]
+    stream += frames[len(pings) :]
+    body = b"".join(stream)
+    whole = StreamWatch()
+    whole.feed(body)
+    assert whole.ids == {"task_id": "t", "conversation_id": "c", "message_id": "m"}
+    assert whole.frames == len(stream)
+    watch, at = StreamWatch(), 0
+    for size in cuts:
+        watch.feed(body[at : at + size])
+        at += size
+    watch.feed(body[at:])
+    assert summary(watch) == summary(whole)
+
+
+def test_the_id_hunt_still_ends_after_the_first_data_frames() -> None:
+    """Once task_id is in, only the first data frames are decoded for the other ids: the
+    fast path takes over (a chat never names a workflow_run_id, so the hunt must end)."""
+    watch = StreamWatch()
+    for frame_bytes in pinged(long_chat()[:ID_FRAMES], 20):
+        watch.feed(frame_bytes)
+    watch.feed(frame(event="message", task_id="t", workflow_run_id="late", answer="x"))
+    assert "workflow_run_id" not in watch.ids
