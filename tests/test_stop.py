@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python import usage
 from twisted.web.client import Agent
 
-from difytw.fixture import Fixture, load
+from difytw.fixture import Chunk, Fixture, end_for, load
+from difytw.fixturewrite import dump
 from difytw.proxy import ProxyConfig
 from difytw.proxytap import Options
 from difytw.relay import RelayEnd
@@ -152,6 +155,35 @@ async def test_each_run_is_stopped_at_its_own_endpoint(
     assert stop.path == stop_path.format(task=task_of(fixture))
     assert stop.stop["user"] == "bob"
     assert stop.ended_at - left_at < PROMPT
+
+
+@pytest.mark.parametrize("fixture", [CHAT_HELLO, COMPLETION], ids=["chat", "completion"])
+@pytest_twisted.ensureDeferred
+async def test_a_run_that_opens_with_many_pings_is_stopped(
+    fixture: Fixture,
+    tmp_path: Path,
+    start_replay: Callable[..., Any],
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    # Dify pings every 10 s until the first token (contract 2.3): 12 pings are two minutes
+    # of a slow model, the expensive runs most worth stopping.
+    pings = 12
+    first = fixture.chunks[0].t
+    chunks = (*(Chunk(first, b"event: ping\n\n") for _ in range(pings)), *fixture.chunks)
+    body = b"".join(chunk.data for chunk in chunks)
+    slow = replace(fixture, chunks=chunks, end=end_for(body, fixture.end.t))
+    dump(slow, tmp_path / f"{fixture.id}.jsonl")
+    replay = start_replay(fixtures=tmp_path)
+    proxy = start_proxy(replay.url)
+    body_json = request_json(fixture, "gus")
+    # The stream stalls right after its first data frame, and the client leaves there.
+    await abandon(proxy, fixture.request.path, body_json, f"stall=60@{pings + 1}")
+    await wait_for(lambda: bool(stops(replay)) and stops(replay)[0].ended_at is not None)
+    stream, stop = replay.journal.entries
+    assert stream.outcome == "client_closed"
+    kind = "chat-messages" if fixture is CHAT_HELLO else "completion-messages"
+    assert stop.path == f"/v1/{kind}/{task_of(fixture)}/stop"
+    assert stop.stop["user"] == "gus"
 
 
 @pytest_twisted.ensureDeferred
