@@ -4,9 +4,10 @@ A Dify run goes on generating, and spending tokens, after its HTTP client leaves
 stop endpoint sets the flag its worker checks (section 4).  This module owns what the proxy
 needs for that:
 
-- ``run_route``: which requests start a stoppable run, and the stop endpoint of each
+- ``run_route``: which requests carry a stoppable run, and the stop endpoint of each
   (chat-messages and chatflows -> ``/chat-messages/{task_id}/stop``, completion-messages ->
-  ``/completion-messages/{task_id}/stop``, workflow runs -> ``/workflows/tasks/{task_id}/stop``);
+  ``/completion-messages/{task_id}/stop``, workflow runs -> ``/workflows/tasks/{task_id}/stop``),
+  including a run's resumed stream (``GET /workflow/{id}/events``), stopped like its start;
 - ``UpstreamRun``: what the proxy knows of one run it carries, including the ``user`` it
   forwarded -- the field issue 6's identity enforcement sets;
 - ``StopPolicy``: whether a stream that ended before its terminal event has its run stopped;
@@ -44,6 +45,9 @@ _RUN_PATH = re.compile(
     rb"^(?P<base>.*?)(?P<route>/chat-messages|/completion-messages|/workflows/run"
     rb"|/workflows/[^/]+/run)$"
 )
+# A workflow's or chatflow's stream resumed after a disconnect (section 4): its frames carry
+# the run's task_id, so leaving it abandons the run as much as leaving the POST that began it.
+_RESUME_PATH = re.compile(rb"^(?P<base>.*?)/workflow/[^/]+/events$")
 # Dify's user values are short ids; a body larger than this is not parsed on the reactor
 # thread just to find one (the run then cannot be stopped, and that is counted).
 MAX_BODY_FOR_USER = 1024 * 1024
@@ -87,18 +91,40 @@ class RunRoute:
 
     kind: RunKind
     base: bytes  # the upstream URL before the route, e.g. b"https://api.dify.ai/v1"
+    resumed: bool = False  # GET /workflow/{id}/events: a workflow or a chatflow, resumed
 
-    def stop_url(self, task_id: str) -> bytes:
+    def stop_kind(self, watch: StreamWatch) -> RunKind:
+        """The stop endpoint for the run ``watch`` saw on this route.
+
+        A resumed stream may be a chatflow's: ``/workflows/tasks/{task_id}/stop`` serves
+        workflow apps only, chatflows stop through ``/chat-messages/{task_id}/stop`` (sections
+        1.2 and 4).  Chatflow frames are chat-family and name the conversation, a workflow
+        app's never do (section 2.6).
+        """
+        if self.resumed and "conversation_id" in watch.ids:
+            return RunKind.CHAT
+        return self.kind
+
+    def stop_url(self, task_id: str, kind: RunKind | None = None) -> bytes:
         # The task id comes from upstream's stream; quoted so it stays one path segment.
         segment = quote(task_id, safe="").encode("ascii")
-        return self.base + b"/" + self.kind.value.encode("ascii") + b"/" + segment + b"/stop"
+        path = (kind or self.kind).value.encode("ascii")
+        return self.base + b"/" + path + b"/" + segment + b"/stop"
 
 
 def run_route(method: bytes, url: bytes) -> RunRoute | None:
-    """The run a request to upstream ``url`` starts, or None if it starts none."""
+    """The run a request to upstream ``url`` starts or resumes, or None if neither."""
+    path = url.partition(b"?")[0]
+    if method == b"GET":
+        resume = _RESUME_PATH.match(path)
+        return (
+            None
+            if resume is None
+            else RunRoute(RunKind.WORKFLOW, resume.group("base"), resumed=True)
+        )
     if method != b"POST":
         return None
-    match = _RUN_PATH.match(url.partition(b"?")[0])
+    match = _RUN_PATH.match(path)
     if match is None:
         return None
     route = match.group("route")
@@ -145,8 +171,8 @@ class UpstreamRun:
     ``user`` is the ``user`` the request was forwarded with, which a stop call must repeat
     (section 4) and the usage line reports.  Until issue 6's identity enforcement exists it
     is the one in the request (JSON body, or query); that code sets the enforced value here
-    before the request goes upstream.  ``route`` is None for requests that start no
-    stoppable run (e.g. resuming a workflow's events).
+    before the request goes upstream.  ``route`` is None for requests that carry no
+    stoppable run.
     """
 
     endpoint: str  # the request's path as the client sent it, without the query
@@ -162,7 +188,9 @@ class StopPolicy:
 
     enabled: bool = True
     # Workflow and chatflow runs can be resumed with GET /workflow/{id}/events (section 4),
-    # so with resuming on they are left running for the client to come back to.
+    # so with resuming on they are left running for the client to come back to (issue 7),
+    # also when the stream abandoned was itself a resumed one.  With it off, an abandoned
+    # resumed stream is stopped like the POST that started the run.
     resume_workflows: bool = False
 
     def wants_stop(self, run: UpstreamRun, end: RelayEnd) -> bool:
@@ -213,11 +241,12 @@ class StopClient:
     async def _stop(self, run: UpstreamRun) -> StopOutcome:
         task_id, user, route = run.watch.task_id, run.user, run.route
         assert route is not None  # StopPolicy.wants_stop stops only runs with a route
+        kind = route.stop_kind(run.watch)
         outcome, status, attempts = StopOutcome.NO_TASK_ID, None, 0
         if task_id is not None and user is None:
             outcome = StopOutcome.NO_USER
         elif task_id is not None and user is not None:
-            url = route.stop_url(task_id)
+            url = route.stop_url(task_id, kind)
             body = json.dumps({"user": user}, ensure_ascii=False).encode("utf-8")
             outcome = StopOutcome.UNREACHABLE
             while attempts < 2 and outcome is StopOutcome.UNREACHABLE:
@@ -233,7 +262,7 @@ class StopClient:
         _log.emit(
             level,
             "stop {endpoint} task {task_id}: {outcome} after {attempts} attempt(s)",
-            endpoint=route.kind.value,
+            endpoint=kind.value,
             task_id=task_id,
             outcome=outcome.value,
             status=status,

@@ -25,7 +25,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python import usage
 from twisted.web.client import Agent
 
-from difytw.fixture import Chunk, Fixture, end_for, load
+from difytw.fixture import Chunk, Fixture, Request, end_for, load
 from difytw.fixturewrite import dump
 from difytw.proxy import ProxyConfig
 from difytw.proxytap import Options
@@ -82,11 +82,13 @@ def stop_count(outcome: str) -> float:
 
 
 async def abandon(
-    proxy: RunningProxy, path: str, body: dict[str, Any], fault: str | None = None
+    proxy: RunningProxy, path: str, body: dict[str, Any] | None, fault: str | None = None
 ) -> float:
-    """Start a stream, hang up after its first read; returns when the client left."""
+    """Start a stream (a GET without a body), hang up after its first read; returns when
+    the client left."""
     headers = {"X-Replay-Fault": fault} if fault else {}
-    _, collector = await start_fetch("POST", proxy.url + path, json=body, headers=headers)
+    method, content = ("GET", {}) if body is None else ("POST", {"json": body})
+    _, collector = await start_fetch(method, proxy.url + path, headers=headers, **content)
     # A whole frame that names the task (some streams open with a ping).
     await wait_for(lambda: b'"task_id"' in collector.body and collector.body.endswith(b"\n\n"))
     assert collector.transport is not None
@@ -97,6 +99,19 @@ async def abandon(
 
 def stops(replay: Any) -> list[Any]:
     return [e for e in replay.journal.entries if e.stop is not None]
+
+
+def serve(fixture: Fixture, folder: Path, start_replay: Callable[..., Any]) -> Any:
+    """A replay server on ``fixture`` alone (written to ``folder``)."""
+    dump(fixture, folder / f"{fixture.id}.jsonl")
+    return start_replay(fixtures=folder)
+
+
+def resumed(fixture: Fixture) -> Fixture:
+    """``fixture``'s stream as GET /workflow/{run id}/events serves it (section 4)."""
+    run_id = next(f["workflow_run_id"] for f in data_frames(fixture.body()))
+    request = Request("GET", f"/v1/workflow/{run_id}/events")
+    return replace(fixture, id=f"{fixture.id}-resumed", request=request)
 
 
 # -- over loopback -----------------------------------------------------------------------
@@ -172,8 +187,7 @@ async def test_a_run_that_opens_with_many_pings_is_stopped(
     chunks = (*(Chunk(first, b"event: ping\n\n") for _ in range(pings)), *fixture.chunks)
     body = b"".join(chunk.data for chunk in chunks)
     slow = replace(fixture, chunks=chunks, end=end_for(body, fixture.end.t))
-    dump(slow, tmp_path / f"{fixture.id}.jsonl")
-    replay = start_replay(fixtures=tmp_path)
+    replay = serve(slow, tmp_path, start_replay)
     proxy = start_proxy(replay.url)
     body_json = request_json(fixture, "gus")
     # The stream stalls right after its first data frame, and the client leaves there.
@@ -184,6 +198,42 @@ async def test_a_run_that_opens_with_many_pings_is_stopped(
     kind = "chat-messages" if fixture is CHAT_HELLO else "completion-messages"
     assert stop.path == f"/v1/{kind}/{task_of(fixture)}/stop"
     assert stop.stop["user"] == "gus"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "resume_workflows", "stop_path"),
+    [
+        (WORKFLOW, False, "/v1/workflows/tasks/{task}/stop"),
+        (CHATFLOW, False, "/v1/chat-messages/{task}/stop"),  # only chat-messages stops it
+        (WORKFLOW, True, None),
+        (CHATFLOW, True, None),
+    ],
+    ids=["workflow", "chatflow", "workflow-resume-on", "chatflow-resume-on"],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_abandoned_resumed_stream_is_stopped_unless_resuming_is_on(
+    fixture: Fixture,
+    resume_workflows: bool,
+    stop_path: str | None,
+    tmp_path: Path,
+    start_replay: Callable[..., Any],
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    resume = resumed(fixture)
+    replay = serve(resume, tmp_path, start_replay)
+    proxy = start_proxy(replay.url, resume_workflows=resume_workflows)
+    left_at = await abandon(proxy, resume.request.path + "?user=ida", None, "stall=60@2")
+    if stop_path is None:
+        await wait_for(lambda: replay.journal.entries[0].ended_at is not None)
+        await deferLater(reactor, 0.2, lambda: None)  # time enough for a wrong stop to arrive
+        assert stops(replay) == []
+        return
+    await wait_for(lambda: bool(stops(replay)) and stops(replay)[0].ended_at is not None)
+    stream, stop = replay.journal.entries
+    assert (stream.path, stream.outcome) == (resume.request.path, "client_closed")
+    assert stop.path == stop_path.format(task=task_of(fixture))
+    assert stop.stop["user"] == "ida"
+    assert stop.ended_at - left_at < PROMPT
 
 
 @pytest_twisted.ensureDeferred
@@ -416,7 +466,11 @@ def test_drain_waits_for_calls_in_flight() -> None:
         (b"POST", b"http://x/v1/chat-messages/t/stop", None),
         (b"POST", b"http://x/v1/workflows/tasks/t/stop", None),
         (b"POST", b"http://x/v1/files/upload", None),
-        (b"GET", b"http://x/v1/workflow/r-1/events?user=a", None),
+        (b"GET", b"http://x/v1/workflow/r-1/events?user=a", (RunKind.WORKFLOW, b"http://x/v1")),
+        (b"GET", b"http://x/workflow/r-1/events", (RunKind.WORKFLOW, b"http://x")),
+        (b"POST", b"http://x/v1/workflow/r-1/events", None),
+        (b"GET", b"http://x/v1/workflow/r-1/events/more", None),
+        (b"GET", b"http://x/v1/workflows/run", None),
         (b"POST", b"http://x/v1/chat-messagesX", None),
     ],
 )
@@ -440,6 +494,38 @@ def test_run_routes(method: bytes, url: bytes, expected: tuple[RunKind, bytes] |
 )
 def test_stop_urls(kind: RunKind, task: str, url: bytes) -> None:
     assert RunRoute(kind, b"http://x/v1").stop_url(task) == url
+
+
+WORKFLOW_FRAME = b'data: {"event":"workflow_started","task_id":"t","workflow_run_id":"r"}\n\n'
+CHATFLOW_FRAME = (
+    b'data: {"event":"workflow_started","conversation_id":"c","message_id":"m",'
+    b'"task_id":"t","workflow_run_id":"r"}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("frames", "kind"),
+    [(WORKFLOW_FRAME, RunKind.WORKFLOW), (CHATFLOW_FRAME, RunKind.CHAT)],
+    ids=["workflow", "chatflow"],
+)
+def test_a_resumed_stream_is_stopped_where_its_run_started(frames: bytes, kind: RunKind) -> None:
+    route = run_route(b"GET", b"https://api.dify.ai/v1/workflow/r/events?user=u")
+    assert route is not None and route.resumed
+    run = UpstreamRun("/dify/workflow/r/events", route, "u", 0.0)
+    run.watch.feed(frames)
+    assert route.stop_kind(run.watch) is kind
+    client = StubClient(200)
+    outcomes, _ = stop_with(client, run)
+    assert outcomes == [StopOutcome.STOPPED]
+    [(_, url, _, data)] = client.calls
+    assert url == f"https://api.dify.ai/v1/{kind.value}/t/stop".encode()
+    assert data == b'{"user": "u"}'
+
+
+def test_a_started_run_is_stopped_by_its_route_kind_whatever_its_frames() -> None:
+    watch = StreamWatch()
+    watch.feed(CHATFLOW_FRAME)
+    assert RunRoute(RunKind.WORKFLOW, b"http://x").stop_kind(watch) is RunKind.WORKFLOW
 
 
 @pytest.mark.parametrize(
@@ -499,6 +585,18 @@ def test_stop_policy(end: RelayEnd, kind: RunKind) -> None:
     assert resuming.wants_stop(policy_run(kind, CHATFLOW_START), end) is False
     finished = policy_run(kind, b'data: {"event":"message_end","task_id":"t"}\n\n')
     assert StopPolicy().wants_stop(finished, end) is False
+
+
+@pytest.mark.parametrize("end", list(RelayEnd))
+def test_stop_policy_for_a_resumed_stream(end: RelayEnd) -> None:
+    abandoned = end in (RelayEnd.CLIENT_GONE, RelayEnd.IDLE_TIMEOUT, RelayEnd.DURATION_EXCEEDED)
+    route = run_route(b"GET", b"http://x/v1/workflow/r/events?user=u")
+    for frames in (WORKFLOW_FRAME, CHATFLOW_FRAME):
+        run = UpstreamRun("/dify/workflow/r/events", route, "u", 0.0)
+        run.watch.feed(frames)
+        assert StopPolicy().wants_stop(run, end) is abandoned
+        # Issue 7: with --resume-workflows the run is left for the client to come back to.
+        assert StopPolicy(resume_workflows=True).wants_stop(run, end) is False
 
 
 def test_stop_policy_needs_a_run_route() -> None:
