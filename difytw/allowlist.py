@@ -206,11 +206,17 @@ class AllowList:
 def api_segments(upstream_path: bytes, rest: bytes) -> list[str]:
     """The decoded Service API path after ``/v1``, as Dify routes it.
 
-    ``upstream_path`` is the path of ``--upstream`` (``/v1`` for https://api.dify.ai/v1,
-    empty when the base is the host and clients send ``/v1/...`` themselves, as the demo).
+    ``upstream_path`` is the path of ``--upstream``.  When it already ends in ``/v1``
+    (https://api.dify.ai/v1) every path after the prefix is a Service API path as it is;
+    otherwise (the host alone, as the demo, or a user pointing at https://api.dify.ai)
+    clients send ``/v1/...`` themselves and ``v1`` must be the *first* segment after the
+    prefix.  A ``v1`` deeper in the path proves nothing: ``/datasets/x/v1/parameters`` or
+    ``/console/api/v1/chat-messages`` are other Dify surfaces, which the key must never
+    reach, so anything without the leading ``v1`` is 403 ``route_not_allowed``.
     """
-    full = upstream_path.rstrip(b"/") + rest
-    segments = [unquote(s.decode("ascii"), errors="strict") for s in full.split(b"/")[1:]]
-    if "v1" in segments:
-        segments = segments[segments.index("v1") + 1 :]
-    return segments
+    segments = [unquote(s.decode("ascii"), errors="strict") for s in rest.split(b"/")[1:]]
+    if upstream_path.rstrip(b"/").rpartition(b"/")[2] == b"v1":
+        return segments
+    if not segments or segments[0] != "v1":
+        raise Refusal(403, "route_not_allowed", "This proxy serves the Service API (/v1/...) only.")
+    return segments[1:]

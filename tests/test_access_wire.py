@@ -337,6 +337,31 @@ async def test_blocked_routes_never_reach_upstream(
     assert replay.journal.entries == []
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/datasets/x/v1/parameters",
+        "/console/api/v1/chat-messages",
+        "/parameters",
+        "/files/v1/parameters",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_upstream_without_v1_serves_only_paths_that_start_with_v1(
+    path: str, replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    """Upstream at the host root (the demo, https://api.dify.ai): a ``v1`` deeper in the
+    path must not make another Dify surface look like an allowed Service API route."""
+    proxy = start_proxy(replay.url, access=SECURE)
+    response, collector, _ = await fetch("GET", proxy.url + path, headers=ALICE)
+    assert (response.code, body_of(collector)["code"]) == (403, "route_not_allowed")
+    assert replay.journal.entries == []
+    response, _, _ = await fetch("GET", proxy.url + "/v1/parameters", headers=ALICE)
+    assert response.code == 200
+    [entry] = replay.journal.entries
+    assert (entry.path, entry.query) == ("/v1/parameters", "user=acme%3Aalice")
+
+
 @pytest_twisted.ensureDeferred
 async def test_allow_opens_an_app_wide_route(
     replay: Any, start_proxy: Callable[..., RunningProxy]

@@ -148,14 +148,40 @@ def test_uppercase_uuids_pass() -> None:
         (b"", b"/v1/chat-messages", ["chat-messages"]),
         (b"/api/v1/", b"/app/%66eedbacks", ["app", "feedbacks"]),
         (b"/v1", b"", []),
-        (b"", b"/parameters", ["parameters"]),
         (b"/v1", b"/v1/x", ["v1", "x"]),
+        (b"/v1", b"/datasets/x/v1/parameters", ["datasets", "x", "v1", "parameters"]),
+        (b"/", b"/v1/parameters", ["parameters"]),
+        (b"/api", b"/%76%31/parameters", ["parameters"]),
+        (b"", b"/v1", []),
     ],
 )
 def test_api_segments_are_decoded_and_relative_to_v1(
     upstream: bytes, rest: bytes, segments: list[str]
 ) -> None:
     assert api_segments(upstream, rest) == segments
+
+
+@pytest.mark.parametrize("upstream", [b"", b"/", b"/api", b"/v1/other"])
+@pytest.mark.parametrize(
+    "rest",
+    [
+        b"/parameters",
+        b"/datasets/x/v1/parameters",
+        b"/console/api/v1/chat-messages",
+        b"/api/v1/chat-messages",
+        b"/x/v1",
+        b"/V1/parameters",
+        b"/v1x/parameters",
+        b"/",
+        b"",
+    ],
+)
+def test_without_v1_upstream_only_a_leading_v1_is_the_service_api(
+    upstream: bytes, rest: bytes
+) -> None:
+    """A ``v1`` anywhere but first after the prefix is another Dify surface (issue 6)."""
+    error = refusal(lambda: api_segments(upstream, rest))
+    assert (error.status, error.code) == (403, "route_not_allowed")
 
 
 def test_percent_encoding_cannot_slip_past() -> None:
