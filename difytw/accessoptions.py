@@ -39,8 +39,10 @@ class AccessOptions(usage.Options):
             None,
             "none",
             "Syntax: none | tokens:FILE | jwt | header:NAME.  Who may call the proxy.  "
-            "none: loopback listeners only; callers may name their Dify user, a missing "
-            "one becomes the template applied to 'anonymous'.  tokens:FILE: "
+            "none: loopback listeners only, for local development: requests that came "
+            "through another proxy (X-Forwarded-For, Forwarded, X-Real-IP...) are refused; "
+            "direct loopback callers may name their Dify user, anyone else is the template "
+            "applied to 'anonymous'.  tokens:FILE: "
             "'Authorization: Bearer TOKEN' checked against FILE's 'sha256:<hex>  <user "
             "id>' lines (make them with: python -m difytw.auth new-token USER).  jwt: a "
             "Bearer JWT (see --jwt-*).  header:NAME: the identity an auth gateway puts in "

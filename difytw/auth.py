@@ -9,7 +9,9 @@ a Dify-shaped :class:`~difytw.refusal.Refusal` whose ``code`` a client can switc
 - 401 ``unauthorized``: no usable credentials (missing header, wrong scheme);
 - 401 ``invalid_token``: a token or JWT that was presented and rejected;
 - 401 ``token_expired``: a JWT past its ``exp`` (the client should fetch a new one);
-- 403 ``untrusted_proxy``: an identity header from an address not in ``--trusted-proxy``.
+- 403 ``untrusted_proxy``: an identity header from an address not in ``--trusted-proxy``;
+- 403 ``forbidden_host`` / ``forwarded_request``: with ``--auth none``, a request not
+  addressed to a loopback name, or one that came through another proxy.
 
 Loading the token file, keys and CIDRs is in :mod:`difytw.authconfig`.
 """
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 import jwt
 
+from difytw.headers import FORWARDING
 from difytw.refusal import Refusal, unauthorized
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -47,8 +50,9 @@ class Identity:
     """An authenticated caller.
 
     ``names_own_user`` is only true for ``--auth none``: with no authentication there is
-    nobody to hold a ``user`` to, so a loopback caller (typically your own backend) may
-    name its end users, and only a missing ``user`` is filled in from ``sub``.
+    nobody to hold a ``user`` to, so a direct loopback caller (typically your own backend
+    in development) may name its end users, and only a missing ``user`` is filled in from
+    ``sub``.
     """
 
     sub: str
@@ -84,6 +88,21 @@ class NoAuth:
     names_own_user: bool = True
 
     def authenticate(self, caller: Caller) -> Identity:
+        # A loopback listener is not proof of a local caller: a public nginx in front of
+        # 127.0.0.1 passes "Host: 127.0.0.1" and would hand the key -- and, with a caller-
+        # named user, everyone's conversations -- to the internet.  Such a hop announces
+        # itself with a forwarding header, so with no authentication none is accepted.
+        forwarded = next((name for name in FORWARDING if caller.values(name)), None)
+        if forwarded is not None:
+            raise Refusal(
+                403,
+                "forwarded_request",
+                f"This request came through another proxy (it carries "
+                f"{forwarded.decode('ascii').title()}), and with --auth none difyproxy "
+                "answers only callers on its own machine.  Start it with --auth tokens:FILE, "
+                "--auth jwt or --auth header:NAME --trusted-proxy CIDR to serve it behind a "
+                "proxy.",
+            )
         # DNS rebinding: a web page can make its own host name resolve to 127.0.0.1, and
         # the browser then calls a loopback listener as that page's own origin.  With no
         # authentication, only requests addressed to a loopback name are answered.
@@ -96,7 +115,12 @@ class NoAuth:
                 "host (localhost, 127.0.0.1, [::1]); put an --auth mode in front of it for "
                 "any other name.",
             )
-        return Identity(self.sub, names_own_user=self.names_own_user)
+        # Naming one's own Dify user is for local development only: a direct TCP caller
+        # from loopback.  A UNIX-socket peer has no address to tell a local tool from a
+        # reverse proxy on that socket, so it gets ``sub`` like any other.
+        address = peer_address(caller.peer)
+        direct = address is not None and address.is_loopback
+        return Identity(self.sub, names_own_user=self.names_own_user and direct)
 
 
 def loopback_host(host: bytes) -> bool:

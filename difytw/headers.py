@@ -50,6 +50,17 @@ _NOT_UPSTREAM = frozenset(
 
 EVENT_STREAM = b"text/event-stream"
 
+# Fields that only a proxy adds, saying who its own caller was.  A request that carries one
+# came through another proxy (``--auth none`` refuses it: its caller is not on this machine,
+# issue 6), and none of them is believed from a client this proxy does not trust.
+FORWARDING = (
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+)
+
 
 def connection_listed(values: Iterable[bytes] | None) -> frozenset[bytes]:
     """Lower-cased field names listed in Connection header values (RFC 9110 section 7.6.1)."""

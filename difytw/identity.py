@@ -63,7 +63,8 @@ class UserTemplate:
 class UserRule:
     """What one request's ``user`` must be.
 
-    ``keep_named``: a non-empty ``user`` the caller named is kept (``--auth none`` only);
+    ``keep_named``: a non-empty ``user`` the caller named is kept (``--auth none`` and a
+    direct loopback caller only, see ``auth.NoAuth``);
     otherwise anything but ``user`` itself is overwritten.
     """
 

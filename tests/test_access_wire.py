@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -22,6 +24,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
@@ -35,6 +38,8 @@ from difytw.authconfig import parse_networks, parse_tokens, token_line
 from difytw.cors import CorsPolicy
 from difytw.identity import UserTemplate
 from difytw.limits import Rate
+from difytw.proxy import ProxyApp, ProxyConfig
+from tests import rawhttp
 from tests.test_proxy_harness import (
     CHAT,
     TEST_KEY,
@@ -308,6 +313,47 @@ async def test_auth_none_fills_a_missing_user_and_keeps_a_named_one(
     await fetch("GET", proxy.url + "/parameters")
     await fetch("GET", proxy.url + "/parameters?user=carol")
     assert [e.query for e in replay.journal.entries] == ["user=anonymous", "user=carol"]
+
+
+@pytest.mark.parametrize(
+    "field", ["Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP"]
+)
+@pytest_twisted.ensureDeferred
+async def test_auth_none_refuses_what_came_through_another_proxy(
+    field: str, replay: Any, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    """A public nginx in front of the loopback listener: its Host is 127.0.0.1, but the
+    forwarding header it adds shows the caller is not on this machine."""
+    proxy = start_proxy(replay.url + "/v1")  # the defaults: --auth none on loopback
+    nginx = {"Host": f"127.0.0.1:{proxy.port}", field: "for=203.0.113.9"}
+    response, collector, _ = await fetch("GET", proxy.url + "/parameters?user=carol", headers=nginx)
+    assert response.code == 403
+    refusal = body_of(collector)
+    assert (refusal["code"], refusal["status"]) == ("forwarded_request", 403)
+    assert "--auth tokens:FILE" in refusal["message"]
+    assert replay.journal.entries == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_none_on_a_unix_socket_keeps_no_caller_named_user(replay: Any) -> None:
+    """Only a direct loopback TCP caller names its own user: a socket file can as well be
+    a reverse proxy's way in."""
+    folder = tempfile.mkdtemp(prefix="dt-", dir="/tmp")  # short: sun_path holds ~100 bytes
+    app = ProxyApp(ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY), reactor=reactor)
+    listening = reactor.listenUNIX(os.path.join(folder, "s"), app.site())
+    try:
+        client = rawhttp.RawClient(
+            rawhttp.build_request("GET", "/dify/parameters?user=carol", host="localhost"), reactor
+        )
+        endpoint = UNIXClientEndpoint(reactor, os.path.join(folder, "s"))
+        await connectProtocol(endpoint, client)
+        response = await client.finished
+        assert response.status == 200
+        assert [e.query for e in replay.journal.entries] == ["user=anonymous"]
+    finally:
+        await listening.stopListening()
+        await app.close()
+        shutil.rmtree(folder)
 
 
 # -- allow-list -----------------------------------------------------------------------------

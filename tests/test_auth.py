@@ -310,6 +310,39 @@ def test_none_gives_everyone_one_identity() -> None:
 
 
 @pytest.mark.parametrize(
+    "field",
+    ["forwarded", "x_forwarded_for", "x_forwarded_host", "x_forwarded_proto", "x_real_ip"],
+)
+def test_none_refuses_requests_that_came_through_another_proxy(field: str) -> None:
+    """A public nginx in front of 127.0.0.1 passes a loopback Host: only the forwarding
+    header it adds shows the caller is not on this machine."""
+    for auth in (NoAuth(), NoAuth("demo-user", names_own_user=False)):
+        error = refusal(lambda a=auth: a.authenticate(caller(host="127.0.0.1", **{field: "x"})))
+        assert (error.status, error.code) == (403, "forwarded_request")
+        assert "--auth tokens:FILE" in error.message
+        assert field.replace("_", "-") in error.message.lower()
+
+
+@pytest.mark.parametrize(
+    ("peer", "names_own_user"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.0.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        (None, False),  # a UNIX socket: could be a reverse proxy on that socket
+        ("10.0.0.1", False),
+        ("not-an-ip", False),
+    ],
+)
+def test_none_lets_only_direct_loopback_callers_name_their_user(
+    peer: str | None, names_own_user: bool
+) -> None:
+    identity = NoAuth().authenticate(caller(peer=peer, host="localhost"))
+    assert identity == Identity("anonymous", names_own_user=names_own_user)
+
+
+@pytest.mark.parametrize(
     "host",
     [
         "127.0.0.1",
