@@ -5,6 +5,7 @@
 
 1. CORS: a preflight is answered here (never upstream); a foreign ``Origin`` is refused;
 2. authentication (:mod:`difytw.auth`) -> an identity, else 401/403;
+   a client's ``X-Forwarded-For`` is kept only from a ``--trusted-proxy`` peer;
 3. the allow-list (:mod:`difytw.allowlist`) -> the route, else 403/404/405/400;
 4. the Dify ``user`` (:mod:`difytw.identity`, :mod:`difytw.formuser`) is written into the
    query, the JSON body or the multipart field the route reads it from;
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 
 from difytw.accesslog import ProxyExchange
 from difytw.allowlist import AllowList, Route, UserPlace, api_segments
-from difytw.auth import Authenticator, Caller, NoAuth
+from difytw.auth import Authenticator, Caller, Network, NoAuth, trusted_peer
 from difytw.cors import CorsPolicy, is_preflight, strip_upstream
 from difytw.formuser import FormUser, content_type_for, form_boundary
 from difytw.identity import MAX_JSON, Decision, UserRule, UserTemplate, rewrite_json, rewrite_query
@@ -64,6 +65,8 @@ class AccessPolicy:
     max_streams_per_user: int | None = 4
     max_streams: int | None = 4096
     cors: CorsPolicy = field(default_factory=CorsPolicy)
+    # --trusted-proxy: the proxies in front whose X-Forwarded-For chain is believed.
+    trusted_proxies: tuple[Network, ...] = ()
 
     @classmethod
     def fixed_user(cls, user: str) -> AccessPolicy:
@@ -164,6 +167,11 @@ class AccessGate:
             peer if isinstance(peer, str) else None,
         )
         identity = policy.auth.authenticate(caller)
+        if not trusted_peer(caller.peer, policy.trusted_proxies):
+            # As nginx's realip: a chain is only as good as the proxy that sent it, and a
+            # client not in --trusted-proxy could have written any address in it.  The
+            # forwarded request then names this peer alone (headers.py appends it).
+            request.requestHeaders.removeHeader(b"x-forwarded-for")
         rule = UserRule.for_identity(identity, policy.user_template)
         route = self._route(request.method, rest)
         if self.rate is not None and not rule.keep_named:

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from difytw.access import AccessPolicy
 from difytw.allowlist import AllowList
-from difytw.auth import Authenticator, HeaderAuth, NoAuth
+from difytw.auth import Authenticator, HeaderAuth, Network, NoAuth
 from difytw.authconfig import ConfigError, jwt_auth, listens_on_loopback, load_tokens
 from difytw.authconfig import parse_networks as parse_cidrs
 from difytw.cors import CorsPolicy
@@ -96,7 +96,7 @@ class AccessOptions(usage.Options):
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         # Twisted prints a docstring as it is, line breaks included: so one line each.
-        """Syntax: CIDR[,CIDR].  The auth gateway's address(es) (repeatable)."""
+        """Syntax: CIDR[,CIDR].  Proxies in front whose X-Forwarded-For is kept (repeatable)."""
         self["trusted-proxy"].append(cidr)
 
     def opt_allow(self, route: str) -> None:
@@ -109,7 +109,8 @@ class AccessOptions(usage.Options):
 
     def access_policy(self, listen: str) -> AccessPolicy:
         try:
-            auth = self._authenticator(listen)
+            trusted = parse_cidrs(self["trusted-proxy"])
+            auth = self._authenticator(listen, trusted)
             cors = CorsPolicy.from_flags(self["cors-origin"], bool(self["cors-credentials"]))
             if cors.wildcard and isinstance(auth, HeaderAuth):
                 raise ConfigError(
@@ -126,11 +127,12 @@ class AccessOptions(usage.Options):
                 ),
                 max_streams=positive("--max-streams", self["max-streams"]),
                 cors=cors,
+                trusted_proxies=trusted,
             )
         except ValueError as error:  # ConfigError included
             raise usage.UsageError(str(error)) from None
 
-    def _authenticator(self, listen: str) -> Authenticator:
+    def _authenticator(self, listen: str, trusted: tuple[Network, ...]) -> Authenticator:
         mode, _, argument = self["auth"].partition(":")
         jwt_flags = [
             f"--{name}"
@@ -139,8 +141,11 @@ class AccessOptions(usage.Options):
         ]
         if mode != "jwt" and jwt_flags:
             raise ConfigError(f"{jwt_flags[0]} only applies to --auth jwt")
-        if mode != "header" and self["trusted-proxy"]:
-            raise ConfigError("--trusted-proxy only applies to --auth header:NAME")
+        if mode == "none" and trusted:
+            raise ConfigError(
+                "--trusted-proxy does not apply to --auth none, which refuses every request "
+                "that came through a proxy; pick another --auth mode to serve one"
+            )
         if mode == "none" and not argument:
             if not listens_on_loopback(listen):
                 raise ConfigError(OPEN_RELAY.format(listen=listen))
@@ -156,12 +161,12 @@ class AccessOptions(usage.Options):
                 claim=self["jwt-claim"],
             )
         if mode == "header" and argument:
-            if not self["trusted-proxy"]:
+            if not trusted:
                 raise ConfigError(
                     "--auth header:NAME needs --trusted-proxy CIDR: the gateway's address"
                 )
             name = argument.strip()
             if not name or not all(c.isalnum() or c in "-_" for c in name) or not name.isascii():
                 raise ConfigError(f"--auth header:{name!r}: not a header name")
-            return HeaderAuth(name.encode("ascii"), parse_cidrs(self["trusted-proxy"]))
+            return HeaderAuth(name.encode("ascii"), trusted)
         raise ConfigError(f"--auth {self['auth']!r}: use none, tokens:FILE, jwt or header:NAME")

@@ -226,6 +226,12 @@ def peer_address(peer: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
     return address
 
 
+def trusted_peer(peer: str | None, networks: Sequence[Network]) -> bool:
+    """Whether the direct peer is in ``networks`` (``--trusted-proxy``)."""
+    address = peer_address(peer)
+    return address is not None and any(address in network for network in networks)
+
+
 @dataclass(frozen=True)
 class HeaderAuth:
     """``--auth header:NAME``: an auth gateway in front (oauth2-proxy's
@@ -240,8 +246,7 @@ class HeaderAuth:
     networks: Sequence[Network]
 
     def authenticate(self, caller: Caller) -> Identity:
-        address = peer_address(caller.peer)
-        if address is None or not any(address in network for network in self.networks):
+        if not trusted_peer(caller.peer, self.networks):
             raise Refusal(
                 403,
                 "untrusted_proxy",

@@ -33,7 +33,9 @@ HOP_BY_HOP = frozenset(
 # - accept-encoding: a compressed upstream answer could not be relayed unbuffered byte for
 #   byte (section 9.2); the HTTP client asks for identity itself;
 # - host/content-length/expect: the HTTP client sets its own for the upstream hop;
-# - x-forwarded-proto/-host: this proxy states them; a client-supplied value is a spoof.
+# - x-forwarded-proto/-host: this proxy states them; a client-supplied value is a spoof;
+# - forwarded/x-real-ip: other ways to name the client, which this proxy does not vouch
+#   for; X-Forwarded-For alone says who called (as nginx's realip module keeps it).
 _NOT_UPSTREAM = frozenset(
     {
         b"authorization",
@@ -45,6 +47,8 @@ _NOT_UPSTREAM = frozenset(
         b"expect",
         b"x-forwarded-proto",
         b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
     }
 )
 
@@ -98,6 +102,10 @@ def upstream_request_headers(
 
     ``client_address`` is appended to X-Forwarded-For (None for e.g. a UNIX socket peer,
     where there is no address to state); ``scheme`` is the client hop's ``http``/``https``.
+
+    An incoming X-Forwarded-For chain is kept: whether the client may extend one is a
+    question of trust, answered before this by difyproxy's access gate
+    (``access.AccessGate``), which removes the chain of a peer not in ``--trusted-proxy``.
     """
     pairs = list(pairs)
     listed = connection_listed(_find(pairs, b"connection"))

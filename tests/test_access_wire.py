@@ -601,6 +601,56 @@ async def test_upstream_cors_headers_never_reach_the_client(
     assert b"Origin" in vary and b"Accept-Encoding" in vary
 
 
+class ForwardingEcho(Resource):
+    """An upstream that answers with the forwarding headers it was sent."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        names = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+        seen = {name: request.requestHeaders.getRawHeaders(name, []) for name in names}
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(seen).encode()
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    listening = reactor.listenTCP(0, Site(ForwardingEcho()), interface="127.0.0.1")
+    yield f"http://127.0.0.1:{listening.getHost().port}/v1"
+    pytest_twisted.blockon(listening.stopListening())
+
+
+SPOOFED = {
+    "X-Forwarded-For": "203.0.113.9",
+    "Forwarded": "for=203.0.113.9",
+    "X-Real-IP": "203.0.113.9",
+}
+
+
+@pytest.mark.parametrize(
+    ("trusted", "chain"),
+    [
+        ((), ["127.0.0.1"]),  # replaced: a client's own claim about itself
+        (("10.0.0.0/8",), ["127.0.0.1"]),  # a peer outside --trusted-proxy: the same
+        (("127.0.0.1/32",), ["203.0.113.9, 127.0.0.1"]),  # a trusted proxy: extended
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_forwarded_for_is_kept_only_from_a_trusted_proxy(
+    trusted: tuple[str, ...], chain: list[str], echo: str, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    access = AccessPolicy(auth=TOKENS, trusted_proxies=parse_networks(list(trusted)))
+    proxy = start_proxy(echo, access=access)
+    response, collector, _ = await fetch(
+        "GET", proxy.url + "/parameters", headers={**ALICE, **SPOOFED}
+    )
+    assert response.code == 200
+    seen = body_of(collector)
+    assert seen["x-forwarded-for"] == chain
+    assert seen["forwarded"] == [] and seen["x-real-ip"] == []
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
+
+
 # -- the key stays secret --------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from twisted.python import usage
 from difytw.access import AccessPolicy
 from difytw.allowlist import UserPlace
 from difytw.auth import HeaderAuth, JwtAuth, NoAuth, TokenAuth
-from difytw.authconfig import token_line
+from difytw.authconfig import parse_networks, token_line
 from difytw.limits import Rate
 from difytw.proxytap import Options
 
@@ -91,6 +91,18 @@ def test_jwt_and_header_modes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert isinstance(access.auth, HeaderAuth)
     assert access.auth.header == b"X-Forwarded-User" and len(access.auth.networks) == 3
+    assert access.trusted_proxies == access.auth.networks
+
+
+def test_trusted_proxy_keeps_a_forwarded_chain_under_any_authenticating_mode(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(token_line(b"t", "alice") + "\n", encoding="utf-8")
+    access = policy(*PUBLIC, "--auth", f"tokens:{tokens}", "--trusted-proxy", "10.0.0.0/8")
+    assert access.trusted_proxies == parse_networks(["10.0.0.0/8"])
+    assert policy(*PUBLIC, "--auth", f"tokens:{tokens}").trusted_proxies == ()
+    assert "--auth none" in refused(*LOOPBACK, "--trusted-proxy", "127.0.0.1")
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,21 @@ def test_forwarded_for_appends_and_proto_host_are_overwritten() -> None:
     assert b"x-forwarded-host" not in out  # no Host header in this request
 
 
+def test_forwarded_and_x_real_ip_never_go_upstream() -> None:
+    """Only X-Forwarded-For names the caller upstream: a client's own Forwarded or
+    X-Real-IP would let it tell Dify any address it likes."""
+    pairs = [
+        (b"Forwarded", [b"for=203.0.113.9;proto=https"]),
+        (b"X-Real-IP", [b"203.0.113.9"]),
+        (b"x-real-ip", [b"198.51.100.1"]),
+    ]
+    out = as_dict(
+        upstream_request_headers(pairs, api_key=KEY, client_address=b"10.0.0.7", scheme=b"http")
+    )
+    assert b"forwarded" not in out and b"x-real-ip" not in out
+    assert out[b"x-forwarded-for"] == [b"10.0.0.7"]
+
+
 def test_no_client_address_keeps_existing_chain_only() -> None:
     out = as_dict(upstream_request_headers([], api_key=KEY, client_address=None, scheme=b"http"))
     assert b"x-forwarded-for" not in out
