@@ -15,6 +15,8 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from difytw.access import AccessPolicy
+from difytw.authconfig import parse_networks, parse_tokens, token_line
 from difytw.fixture import load
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.relay import BodyRelay
@@ -116,7 +118,13 @@ async def test_stream_or_not_is_decided_by_the_answer_not_response_mode(
 
 @pytest_twisted.ensureDeferred
 async def test_what_upstream_sees(replay: Any, start_proxy: Callable[..., RunningProxy]) -> None:
-    proxy = start_proxy(replay.url + "/v1")
+    # Behind a trusted proxy (the test client, as far as difyproxy can tell): only then is
+    # a forwarded chain extended, and only an authenticating mode serves forwarded calls.
+    access = AccessPolicy(
+        auth=parse_tokens([token_line(b"client-own-token", "u1")], "tokens"),
+        trusted_proxies=parse_networks(["127.0.0.1/32"]),
+    )
+    proxy = start_proxy(replay.url + "/v1", access=access)
     await fetch(
         "POST",
         proxy.url + "/chat-messages?trace=1",
