@@ -10,6 +10,7 @@ reads, everything arrives byte for byte.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -132,9 +133,7 @@ async def test_a_client_that_does_not_read_stops_a_real_upstream(
     )
     try:
         proxy = start_proxy(f"http://127.0.0.1:{upstream.getHost().port}/v1")
-        body = b'{"query":"%s","user":"u","response_mode":"streaming","inputs":{}}' % (
-            CHAT["query"].encode()
-        )
+        body = json.dumps(dict(CHAT, user="u")).encode()
         client = CountingClient(
             build_request(
                 "POST",
