@@ -75,11 +75,20 @@ def with_backlog(endpoint: str) -> str:
 def read_key(path: str | None, environ: dict[str, str]) -> str:
     """The app key from ``--api-key-file`` (preferred when given) or ``DIFY_API_KEY``."""
     if path is not None:
+        if not os.path.lexists(path):
+            # Not echoed: a path that names nothing is often the key itself, given by
+            # mistake, and this line ends up in terminals, CI logs and the journal.
+            raise usage.UsageError(
+                "--api-key-file: no such file (give the path of a file that holds just "
+                f"the key, or export {KEY_ENV}=app-...)"
+            )
         try:
             with open(path, encoding="utf-8") as handle:
                 key = handle.read().strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise usage.UsageError(f"--api-key-file {path}: {error}") from None
+            # Only the reason: str() of a decode error quotes bytes of the file.
+            reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror
+            raise usage.UsageError(f"--api-key-file {path}: {reason}") from None
         origin = f"--api-key-file {path}"
     elif environ.get(KEY_ENV):
         key = environ[KEY_ENV].strip()
@@ -225,6 +234,17 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
         super().__init__()
         self._environ = dict(os.environ) if environ is None else environ
         self.scrub_rules: list[Rule] = []
+
+    def opt_api_key(self, value: str) -> None:
+        """Refused: ps shows flag values to every user.  Use $DIFY_API_KEY or --api-key-file."""
+        # An explicit option, not just an absent one: getopt would otherwise take
+        # --api-key as an abbreviation of --api-key-file, and the key would then be echoed
+        # as a file name.  The value is never repeated.
+        raise usage.UsageError(
+            "--api-key is not accepted: a flag value is visible to every user of the "
+            f"machine (ps).  export {KEY_ENV}=app-... or pass --api-key-file FILE naming "
+            "a file that holds just the key."
+        )
 
     def opt_scrub(self, spec: str) -> None:
         """REGEX=PLACEHOLDER: with --record, also replace what REGEX matches (repeatable)."""

@@ -135,9 +135,25 @@ def test_missing_key_refuses_and_says_how_to_give_one() -> None:
     assert "DIFY_API_KEY" in message and "--api-key-file" in message
 
 
-def test_key_is_never_a_flag() -> None:
-    with pytest.raises(usage.UsageError):
-        parse([*UPSTREAM, "--api-key", KEY])
+SECRET = "app-SECRETsecret0123"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--api-key", SECRET],
+        [f"--api-key={SECRET}"],
+        ["--api-key-f", SECRET],  # an abbreviation of --api-key-file, naming no file
+        ["--api-key-file", SECRET],
+        ["--api-key-file", f"{SECRET}/x"],
+    ],
+)
+def test_a_key_given_as_a_flag_is_refused_without_echoing_it(argv: list[str]) -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        parse([*UPSTREAM, *argv], environ={})
+    message = str(caught.value)
+    assert "SECRET" not in message
+    assert "DIFY_API_KEY" in message and "--api-key-file" in message
 
 
 def test_key_file_is_read_and_beats_the_environment(tmp_path: Path) -> None:
@@ -157,8 +173,22 @@ def test_unusable_key_file_is_refused(tmp_path: Path, content: str) -> None:
 
 
 def test_missing_key_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match="api-key-file"):
+    with pytest.raises(usage.UsageError, match="api-key-file: no such file"):
         parse([*UPSTREAM, "--api-key-file", str(tmp_path / "nope")])
+
+
+def test_unreadable_key_file_names_the_file_and_why(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        parse([*UPSTREAM, "--api-key-file", str(tmp_path)])  # a directory
+    assert str(caught.value) == f"--api-key-file {tmp_path}: Is a directory"
+
+
+def test_a_key_file_that_is_not_text_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"app-SECRET\xff\xfe")
+    with pytest.raises(usage.UsageError) as caught:
+        parse([*UPSTREAM, "--api-key-file", str(key_file)])
+    assert str(caught.value).endswith(": not UTF-8 text")
 
 
 @pytest.mark.parametrize(
