@@ -7,6 +7,7 @@ it to every user of the machine): it comes from ``DIFY_API_KEY`` or ``--api-key-
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import re
@@ -18,11 +19,12 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from difytw.accessoptions import AccessOptions
+from difytw.authconfig import listens_on_loopback
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.recordfolder import FolderError, RecordFolder
 from difytw.scrub import Rule, RuleError, parse_rule
 from difytw.uri import normalize_prefix, normalize_upstream
-from difytw.web import ListeningService, demo_service
+from difytw.web import ListeningService, check_listen, demo_service
 
 KEY_ENV = "DIFY_API_KEY"
 BACKLOG = 1024  # Twisted's default of 50 overflows when ~1000 clients connect at once
@@ -209,7 +211,8 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
             "demo",
             None,
             "Run the offline demo: a chat page at / streaming from an in-process replay "
-            "server through this proxy.  Needs no key and no network; ignores --upstream.",
+            "server through this proxy.  Needs no key and no network; takes only "
+            "--listen (on loopback).",
         ],
         [
             "no-stop-on-disconnect",
@@ -234,6 +237,30 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
         super().__init__()
         self._environ = dict(os.environ) if environ is None else environ
         self.scrub_rules: list[Rule] = []
+        # Every option's value before parsing, to tell which ones were given (--demo).
+        self._unset = {name: copy.copy(value) for name, value in self.items()}
+
+    def _check_demo(self) -> None:
+        """The demo brings its own upstream (the replay server), key and settings: a flag
+        it would ignore is refused rather than silently dropped, and having no auth, it
+        listens on loopback only."""
+        given = [
+            f"--{name}"
+            for name, value in self.items()
+            if name not in ("demo", "listen") and value != self._unset.get(name)
+        ]
+        if self.scrub_rules:
+            given.append("--scrub")
+        if given:
+            raise usage.UsageError(
+                f"{', '.join(sorted(given))}: not used by --demo, which runs its own "
+                "upstream with fixed settings (only --listen applies)"
+            )
+        if not listens_on_loopback(self["listen"]):
+            raise usage.UsageError(
+                f"--demo --listen {self['listen']}: the demo has no auth, so it listens "
+                "on loopback only; use e.g. --listen tcp:8080:interface=127.0.0.1"
+            )
 
     def opt_api_key(self, value: str) -> None:
         """Refused: ps shows flag values to every user.  Use $DIFY_API_KEY or --api-key-file."""
@@ -254,8 +281,9 @@ class Options(AccessOptions):  # + --auth, --user-template, --allow, limits, COR
             raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:
+        check_listen(self["listen"])
         if self["demo"]:
-            # The demo brings its own upstream (the replay server) and a made-up key.
+            self._check_demo()
             return
         if not self["upstream"]:
             raise usage.UsageError("--upstream URL is required, e.g. https://api.dify.ai/v1")

@@ -26,7 +26,7 @@ from difytw.replay import ReplayApp
 from difytw.scrub import Rule, RuleError, parse_rule
 from difytw.upstream import tls_policy, upstream_client
 from difytw.uri import normalize_upstream
-from difytw.web import ListeningService
+from difytw.web import ListeningService, check_listen
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1:backlog=1024"
 KEY_ENV = "DIFY_API_KEY"  # the real key, for recording only; never a flag value (ps shows those)
@@ -90,6 +90,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:
+        check_listen(self["listen"])
         try:
             self.speed = float(self["speed"])
         except ValueError:

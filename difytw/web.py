@@ -30,6 +30,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.iweb import IRequest
@@ -39,6 +40,7 @@ from twisted.web.static import File
 
 from difytw.access import AccessPolicy
 from difytw.accesslog import ProxyRequestFactory, ProxySite
+from difytw.authconfig import listen_fields
 from difytw.errors import JSON_CONTENT_TYPE
 from difytw.fixtureindex import FixtureIndex
 from difytw.proxy import ProxyApp, ProxyConfig
@@ -231,6 +233,28 @@ class DemoService(Service):
         return DeferredList(stopping) if stopping else None
 
 
+def check_listen(listen: str, flag: str = "--listen") -> None:
+    """Refuse, with one line, an endpoint string that could never listen.
+
+    Run while options are parsed (difyproxy, difyreplay), so ``tcp:99999`` or ``garbage``
+    is a usage error rather than a traceback from the reactor once ``twist`` has started.
+    Twisted's own parser decides what the string means (it builds the endpoint and does
+    not listen); the port range, which it leaves to ``bind()``, is checked here.
+    """
+    example = f"e.g. {flag} tcp:8080:interface=127.0.0.1"
+    try:
+        serverFromString(None, listen)
+    except (ValueError, TypeError, LookupError, OSError) as error:
+        raise usage.UsageError(
+            f"{flag} {listen}: not a usable endpoint ({error}); {example}"
+        ) from None
+    kind, options, positional = listen_fields(listen)
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = int(options.get("port") or positional[0])  # the parse above proved it is one
+        if not 0 <= port <= 65535:
+            raise usage.UsageError(f"{flag} {listen}: port {port} is not 0-65535; {example}")
+
+
 def listen_or_exit(reactor: Any, listen: str, factory: Any) -> Deferred[IListeningPort]:
     """Listen on ``listen``; a port that cannot be used ends startup with one clear line.
 
@@ -293,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="Twisted endpoint to serve on")
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed factor (0: instant)")
     args = parser.parse_args(argv)
+    try:
+        check_listen(args.listen)
+    except usage.UsageError as error:
+        parser.error(str(error))
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver

@@ -296,3 +296,53 @@ def test_port_in_use_is_one_clear_line() -> None:
     finally:
         taken.close()
         service.stopService()  # nothing listened; closes the idle upstream pool
+
+
+BAD_LISTEN = ["garbage", "tcp:99999", "tcp:port=-1", "tcp:abc", "tcp", "tcp:80:nonsense=1"]
+
+
+@pytest.mark.parametrize("listen", BAD_LISTEN)
+@pytest.mark.parametrize("mode", [UPSTREAM, ["--demo"]], ids=["proxy", "demo"])
+def test_an_endpoint_that_cannot_listen_is_one_line_usage_error(
+    listen: str, mode: list[str]
+) -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        parse([*mode, "--listen", listen])
+    message = str(caught.value)
+    assert message.startswith(f"--listen {listen}: ") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (UPSTREAM, "--upstream"),
+        (["--max-body", "1M"], "--max-body"),
+        (["--auth", "jwt"], "--auth"),
+        (["--allow", "/workflows/logs"], "--allow"),
+        (["--no-stop-on-disconnect"], "--no-stop-on-disconnect"),
+        (["--scrub", "x=y"], "--scrub"),
+        (["--api-key-file", "/etc/hostname"], "--api-key-file"),
+    ],
+)
+def test_flags_the_demo_does_not_use_are_refused(argv: list[str], named: str) -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        parse(["--demo", *argv], environ={})
+    message = str(caught.value)
+    assert named in message and "--demo" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "listen", ["tcp:8080", "tcp:8080:interface=0.0.0.0", "tcp6:8080:interface=\\:\\:"]
+)
+def test_the_demo_refuses_to_listen_beyond_loopback(listen: str) -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        parse(["--demo", "--listen", listen], environ={})
+    message = str(caught.value)
+    assert "no auth" in message and "loopback" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "listen", ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1", "unix:/tmp/demo.sock"]
+)
+def test_the_demo_listens_where_asked_on_loopback(listen: str) -> None:
+    assert parse(["--demo", "--listen", listen], environ={})["listen"] == listen

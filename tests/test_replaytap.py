@@ -42,6 +42,8 @@ def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--speed", "-1"], "--speed must be 0"),
         (["--fixtures", "/nonexistent/dir"], "not a directory"),
         (["--bogus"], "bogus"),
+        (["--listen", "garbage"], "^--listen garbage: not a usable endpoint"),
+        (["--listen", "tcp:99999"], "^--listen tcp:99999: port 99999 is not 0-65535"),
     ],
 )
 def test_bad_flags_are_usage_errors(argv: list[str], message: str) -> None:
