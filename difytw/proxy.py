@@ -38,6 +38,7 @@ from twisted.web.iweb import (
     IRequest,
 )
 from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException
 
 from difytw.access import AccessGate, AccessPolicy
 from difytw.accesslog import (
@@ -79,6 +80,7 @@ __all__ = ["ProxyApp", "ProxyConfig"]
 _log = Logger()
 
 HEALTHZ = b"/healthz"
+INTERNAL_ERROR = "internal_error"
 # Statuses whose responses carry no body, so no Content-Length (RFC 9110 section 8.6).
 _BODYLESS = frozenset({204, 304})
 
@@ -181,6 +183,28 @@ class ProxyApp:
         error = failure.value
         assert isinstance(error, DifyError)
         return answer_error(cast(ProxyExchange, request), error)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes | Deferred[None]:
+        """Any other exception is a bug here: Dify's JSON 500, never Twisted's HTML page
+        (or a traceback); the traceback goes to the log only."""
+        if failure.check(HTTPException):
+            failure.raiseException()  # werkzeug routing's own answers (a redirect) stay klein's
+        exchange = cast(ProxyExchange, request)
+        _log.failure(
+            "unexpected error answering {method} {path}",
+            failure,
+            method=exchange.method.decode("latin-1"),
+            path=exchange.uri.partition(b"?")[0].decode("latin-1"),
+        )
+        if getattr(request, "startedWriting", False):
+            # The status line is gone and the body is not whole: as for a cut body in
+            # _finish, only a dropped connection says so (a clean end would not).
+            exchange.outcome = INTERNAL_ERROR
+            exchange.loseConnection()
+            return exchange.notifyFinish().addErrback(lambda _: None)
+        error = DifyError(500, INTERNAL_ERROR, "The proxy failed to handle this request.")
+        return answer_error(exchange, error)
 
     @app.route("/", branch=True)
     async def _dispatch(self, irequest: IRequest) -> bytes | None:

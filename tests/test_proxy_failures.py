@@ -19,9 +19,11 @@ from twisted.internet.task import Clock
 from twisted.web.client import ResponseDone, ResponseFailed
 
 from difytw.fixture import load
+from difytw.proxy import ProxyApp, ProxyConfig
 from tests.test_proxy_harness import (
     CHAT,
     FIXTURES,
+    TEST_KEY,
     RunningProxy,
     data_frames,
     fetch,
@@ -217,3 +219,68 @@ async def test_client_disconnect_closes_upstream_at_once(
     assert entry.outcome == "client_closed"
     assert entry.ended_at is not None and entry.ended_at - left_at < 0.1
     assert clock.getDelayedCalls() == []  # no idle timer, no header timer
+
+
+class BrokenRecorder:
+    """A ``--record`` folder whose tap fails: a bug in a collaborator, not a DifyError."""
+
+    def tap(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("recorder bug: secret-internal-detail")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bug_before_the_head_is_difys_json_500_and_a_logged_failure(
+    replay: Any, logged: list[Any]
+) -> None:
+    app = ProxyApp(
+        ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY),
+        reactor=reactor,
+        record=BrokenRecorder(),  # type: ignore[arg-type]
+    )
+    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    try:
+        port = listening.getHost().port
+        url = f"http://127.0.0.1:{port}/dify/chat-messages"
+        response, collector, _ = await fetch("POST", url, json=dict(CHAT, user="u"))
+    finally:
+        await listening.stopListening()
+        await app.close()
+    assert response.code == 500
+    assert header(response, "Content-Type") == [b"application/json"]
+    body = json.loads(collector.body)
+    assert body == {
+        "code": "internal_error",
+        "message": "The proxy failed to handle this request.",
+        "status": 500,
+    }
+    assert b"secret-internal-detail" not in collector.body
+    [failure] = [e for e in logged if "log_failure" in e]
+    assert failure["log_failure"].check(RuntimeError)
+    [line] = [e for e in logged if e.get("log_namespace") == "difytw.access"]
+    assert (line["status"], line["outcome"]) == (500, "internal_error")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bug_after_the_head_cuts_the_connection(replay: Any, logged: list[Any]) -> None:
+    def observe(request: Any, stream: bool) -> None:
+        raise RuntimeError("observer bug")
+
+    app = ProxyApp(
+        ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY),
+        reactor=reactor,
+        observe=observe,
+    )
+    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    try:
+        port = listening.getHost().port
+        url = f"http://127.0.0.1:{port}/dify/chat-messages"
+        response, _, reason = await fetch("POST", url, json=dict(CHAT, user="u"))
+    finally:
+        await listening.stopListening()
+        await app.close()
+    assert response.code == 200  # the head had gone out before the bug
+    assert not reason.check(ResponseDone)  # not passed off as a whole answer
+    [failure] = [e for e in logged if "log_failure" in e]
+    assert failure["log_failure"].check(RuntimeError)
+    [line] = [e for e in logged if e.get("log_namespace") == "difytw.access"]
+    assert line["outcome"] == "internal_error"
