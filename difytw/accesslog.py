@@ -4,9 +4,9 @@
 refuses oversized bodies before anything is spooled or sent upstream (spec item 5), and
 when the exchange ends -- finished, refused, or the client gone -- emits exactly one
 ``twisted.logger`` event with the method, path (never the query: it carries user ids),
-status, body bytes, time to the response head, duration, outcome and whether the client
-left early.  No header is logged, so neither the app key nor a client's Authorization can
-reach a log.
+status (nginx's 499 when the client left before any response head), body bytes, time to
+the response head, duration, outcome and whether the client left early.  No header is
+logged, so neither the app key nor a client's Authorization can reach a log.
 
 The answers given before any route runs live here too: the 413 above, and ``TargetGate``'s
 refusal of unsafe request-targets, both through ``answer_error`` so that they are logged
@@ -37,6 +37,8 @@ access_log = Logger(namespace="difytw.access")
 # the kernel send RST, which can destroy the 413 before the client reads it.  So the
 # write side is shut first and the rest is read and dropped for at most this long.
 LINGER_SECONDS = 2.0
+# nginx's non-standard status for a client that left before any response was sent.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ProxyExchange(Protocol):
@@ -185,15 +187,21 @@ class ProxyRequest(Request):
         if self._logged:
             return
         self._logged = True
-        if isinstance(result, Failure) and self.outcome == "completed":
-            self.outcome = "client_closed"
+        status = self.code
+        if isinstance(result, Failure):
+            if self.outcome == "completed":
+                self.outcome = "client_closed"
+            if not self.startedWriting:
+                # No status was ever sent, so self.code (200 by default) would be a lie;
+                # 499 is nginx's "client closed request", what log tooling expects.
+                status = CLIENT_CLOSED_REQUEST
         now = self.clock.seconds()
         path = self.uri.partition(b"?")[0]
         access_log.info(
             "{method} {path} {status} {bytes} bytes ttfb={ttfb}s duration={duration}s {outcome}",
             method=self.method.decode("latin-1"),
             path=path.decode("latin-1"),
-            status=self.code,
+            status=status,
             bytes=self.sentLength,
             ttfb=None if self.head_at is None else round(self.head_at - self.started, 4),
             duration=round(now - self.started, 4),

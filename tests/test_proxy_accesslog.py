@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.test_proxy_harness import (
     free_port,
     start_fetch,
     start_proxy,
+    wait_for,
 )
 
 __all__ = ["start_proxy"]
@@ -105,3 +107,27 @@ async def test_upstream_unavailable_logs_no_key(
     assert response.code == 502
     [line] = access(logged)
     assert line["outcome"] == "upstream_unavailable"
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_leaves_before_the_head_is_logged_as_499(
+    replay: Any, start_proxy: Callable[..., RunningProxy], logged: list[LogEvent]
+) -> None:
+    proxy = start_proxy(replay.url + "/v1")
+    request = build_request(
+        "POST",
+        "/dify/chat-messages",
+        headers=[("Content-Type", "application/json"), ("X-Replay-Fault", "stall=30@0")],
+        body=json.dumps(dict(CHAT, user="u")).encode(),
+    )
+    client, answered = raw_fetch(reactor, proxy.port, request)
+    await wait_for(lambda: bool(replay.journal.entries))  # upstream has it, no head yet
+    ended = replay.journal.next_end()
+    assert client.transport is not None
+    client.transport.abortConnection()
+    response = await answered
+    await ended
+    assert response.status == 0  # the client never saw a status line
+    [line] = access(logged)
+    assert (line["status"], line["ttfb"], line["bytes"]) == (499, None, 0)
+    assert line["outcome"] == "client_closed" and line["client_left_early"] is True
