@@ -80,7 +80,9 @@ __all__ = ["ProxyApp", "ProxyConfig"]
 _log = Logger()
 
 HEALTHZ = b"/healthz"
-INTERNAL_ERROR = "internal_error"
+# Werkzeug's snake-cased name, which is what Dify itself answers for an unexpected
+# exception (dify-contract.md section 3), so clients switch on one code whoever failed.
+INTERNAL_ERROR = "internal_server_error"
 # Statuses whose responses carry no body, so no Content-Length (RFC 9110 section 8.6).
 _BODYLESS = frozenset({204, 304})
 

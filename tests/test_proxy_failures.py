@@ -249,7 +249,7 @@ async def test_a_bug_before_the_head_is_difys_json_500_and_a_logged_failure(
     assert header(response, "Content-Type") == [b"application/json"]
     body = json.loads(collector.body)
     assert body == {
-        "code": "internal_error",
+        "code": "internal_server_error",
         "message": "The proxy failed to handle this request.",
         "status": 500,
     }
@@ -257,7 +257,7 @@ async def test_a_bug_before_the_head_is_difys_json_500_and_a_logged_failure(
     [failure] = [e for e in logged if "log_failure" in e]
     assert failure["log_failure"].check(RuntimeError)
     [line] = [e for e in logged if e.get("log_namespace") == "difytw.access"]
-    assert (line["status"], line["outcome"]) == (500, "internal_error")
+    assert (line["status"], line["outcome"]) == (500, "internal_server_error")
 
 
 @pytest_twisted.ensureDeferred
@@ -283,4 +283,4 @@ async def test_a_bug_after_the_head_cuts_the_connection(replay: Any, logged: lis
     [failure] = [e for e in logged if "log_failure" in e]
     assert failure["log_failure"].check(RuntimeError)
     [line] = [e for e in logged if e.get("log_namespace") == "difytw.access"]
-    assert line["outcome"] == "internal_error"
+    assert line["outcome"] == "internal_server_error"
