@@ -136,18 +136,25 @@ class ProxyRequest(Request):
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
     def _refuse_body(self) -> None:
-        self._refused = True
         if self.content is not None:
             self.content.close()
             self.content = None
         # Twisted answers "Expect: 100-continue" right after gotLength; it must not
         # invite the body we are refusing.
         self.requestHeaders.removeHeader(b"expect")
-        error = DifyError(
-            413,
-            "request_entity_too_large",
-            f"The request body is larger than the limit of {self.max_body} bytes.",
+        self.refuse(
+            DifyError(
+                413,
+                "request_entity_too_large",
+                f"The request body is larger than the limit of {self.max_body} bytes.",
+            )
         )
+
+    def refuse(self, error: DifyError) -> None:
+        """Answer ``error`` before the request reaches any resource, log it, and close."""
+        if self._refused:
+            return
+        self._refused = True
         body = error.body()
         headers = Headers()
         headers.setRawHeaders(b"Content-Type", [JSON_CONTENT_TYPE])
@@ -157,12 +164,13 @@ class ProxyRequest(Request):
         # The request line is known only to the channel until the body is complete.
         self.method = getattr(channel, "_command", b"-")
         self.uri = self.path = getattr(channel, "_path", b"-")
-        self.code = 413
+        self.code = error.status
         self.head_at = self.clock.seconds()
-        channel.writeHeaders(b"HTTP/1.1", b"413", b"Request Entity Too Large", headers)
+        reason = http.RESPONSES.get(error.status, b"Error")
+        channel.writeHeaders(b"HTTP/1.1", b"%d" % error.status, reason, headers)
         channel.write(body)
         self.sentLength = len(body)
-        self.outcome = "request_entity_too_large"
+        self.outcome = error.code
         transport = channel.transport
         if ITCPTransport.providedBy(transport):
             transport.loseWriteConnection()
@@ -222,12 +230,93 @@ class ProxyRequestFactory:
         return ProxyRequest(channel, clock=self.clock, max_body=self.max_body)
 
 
+class ProxyChannel(http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel, with Dify's JSON (and an access line) for bad requests.
+
+    Twisted answers a request it cannot parse -- a bad Content-Length, Content-Length with
+    Transfer-Encoding, a method that is not a token, too many or too large headers -- with
+    a bare ``400 Bad Request`` and no log line, and a line over ``MAX_LENGTH`` with a
+    silent close.  Every one of them goes through ``_respondToBadRequestAndDisconnect``
+    or ``lineLengthExceeded``, so those two answer through ``ProxyRequest.refuse``
+    instead; what went wrong is read from the channel's own counters.
+    """
+
+    _refusing = False
+    _bad_framing = False
+
+    # Once refused, nothing more is parsed: a second error must not answer twice, and a
+    # request after it must not be served on a connection that is closing.
+    def dataReceived(self, data: bytes) -> None:
+        if not self._refusing:
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._refusing:
+            super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refusing:
+            super().rawDataReceived(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(
+            DifyError(
+                431,
+                "request_header_fields_too_large",
+                f"A request line or header field is longer than {self.MAX_LENGTH} bytes.",
+            )
+        )
+
+    def _failChooseTransferDecoder(self) -> bool:
+        self._bad_framing = True
+        return super()._failChooseTransferDecoder()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refuse(self._what_was_wrong())
+
+    def _what_was_wrong(self) -> DifyError:
+        if self._receivedHeaderCount > self.maxHeaders:
+            message = f"The request has more than {self.maxHeaders} header fields."
+            return DifyError(431, "request_header_fields_too_large", message)
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            message = f"The request's header section is larger than {self.totalHeadersSize} bytes."
+            return DifyError(431, "request_header_fields_too_large", message)
+        if self._bad_framing:
+            message = (
+                "The request's Content-Length or Transfer-Encoding is invalid, or both are "
+                "given (RFC 9112 section 6)."
+            )
+        elif not hasattr(self, "_command"):
+            message = "The request line is not 'METHOD TARGET HTTP/1.1' with a token METHOD."
+        else:
+            message = "The request is not valid HTTP/1.1 (a header field or the chunked body)."
+        return DifyError(400, "bad_request", message)
+
+    def _refuse(self, error: DifyError) -> None:
+        if self._refusing:
+            return
+        self._refusing = True
+        requests: list[Any] = self.requests
+        if not requests:  # refused before its request line was complete
+            requests.append(self.requestFactory(self))
+        request = requests[-1]
+        if isinstance(request, ProxyRequest):
+            request.refuse(error)
+        else:  # another request class: Twisted's own answer
+            super()._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]
+
+
 class ProxySite(Site):
     """A ``Site`` whose requests are ``ProxyRequest``; its own access log replaces Site's.
 
     Site's combined-log line is not structured and would duplicate the one
-    ``ProxyRequest`` emits, so ``log`` is a no-op here.
+    ``ProxyRequest`` emits, so ``log`` is a no-op here.  Connections are
+    ``ProxyChannel`` (HTTP/1.1 only: difyproxy does not negotiate HTTP/2).
     """
+
+    # Twisted's default wraps the channel for HTTP/2 negotiation, which is never used
+    # here; the annotation names that private wrapper, so it is ignored.
+    protocol = ProxyChannel  # type: ignore[assignment]
 
     def log(self, request: http.Request) -> None:
         pass

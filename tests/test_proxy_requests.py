@@ -227,3 +227,96 @@ async def test_max_body_413_reaches_a_treq_client_still_sending(
     assert response.code == 413
     assert json.loads(collector.body)["code"] == "request_entity_too_large"
     assert replay.journal.entries == []
+
+
+HEAD = b"Host: 127.0.0.1\r\nConnection: close\r\n"
+MALFORMED = {
+    "bad Content-Length": (
+        b"POST /dify/chat-messages HTTP/1.1\r\n" + HEAD + b"Content-Length: 12x\r\n\r\n",
+        400,
+        "Content-Length or Transfer-Encoding",
+    ),
+    "Content-Length and Transfer-Encoding": (
+        b"POST /dify/chat-messages HTTP/1.1\r\n"
+        + HEAD
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        400,
+        "Content-Length or Transfer-Encoding",
+    ),
+    "unknown Transfer-Encoding": (
+        b"POST /dify/chat-messages HTTP/1.1\r\n" + HEAD + b"Transfer-Encoding: gzip\r\n\r\n",
+        400,
+        "Content-Length or Transfer-Encoding",
+    ),
+    "non-ASCII method": (
+        b"G\xc3\x89T /dify/parameters HTTP/1.1\r\n" + HEAD + b"\r\n",
+        400,
+        "request line",
+    ),
+    "not a request line": (b"hello there\r\n" + HEAD + b"\r\n", 400, "request line"),
+    "header without a colon": (
+        b"GET /dify/parameters HTTP/1.1\r\n" + HEAD + b"no colon here\r\n\r\n",
+        400,
+        "header field or the chunked body",
+    ),
+    "bad chunk size": (
+        b"POST /dify/chat-messages HTTP/1.1\r\n"
+        + HEAD
+        + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+        "header field or the chunked body",
+    ),
+    "501 header fields": (
+        b"GET /dify/parameters HTTP/1.1\r\n"
+        + HEAD
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(501))
+        + b"\r\n",
+        431,
+        "more than 500 header fields",
+    ),
+    "a 17 KB header field": (
+        b"GET /dify/parameters HTTP/1.1\r\n" + HEAD + b"X-Big: " + b"a" * 17_000 + b"\r\n\r\n",
+        431,
+        "longer than 16384 bytes",
+    ),
+    "a 17 KB request line": (
+        b"GET /dify/" + b"a" * 17_000 + b" HTTP/1.1\r\n" + HEAD + b"\r\n",
+        431,
+        "longer than 16384 bytes",
+    ),
+    "a 20 KB header section": (
+        b"GET /dify/parameters HTTP/1.1\r\n"
+        + HEAD
+        + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 500) for i in range(40))
+        + b"\r\n",
+        431,
+        "header section is larger than 16384 bytes",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"), MALFORMED.values(), ids=MALFORMED.keys()
+)
+@pytest_twisted.ensureDeferred
+async def test_malformed_http_is_answered_in_difys_json_and_logged(
+    request_bytes: bytes,
+    status: int,
+    says: str,
+    replay: Any,
+    start_proxy: Callable[..., RunningProxy],
+    logged: list[Any],
+) -> None:
+    proxy = start_proxy(replay.url + "/v1")
+    _, answered = raw_fetch(reactor, proxy.port, request_bytes)
+    answer = await answered
+    assert answer.status == status
+    assert answer.header("content-type") == "application/json"
+    assert answer.header("connection") == "close"
+    body = json.loads(answer.body)
+    code = "bad_request" if status == 400 else "request_header_fields_too_large"
+    assert (body["code"], body["status"]) == (code, status)
+    assert says in body["message"]
+    assert replay.journal.entries == []
+    [line] = [e for e in logged if e.get("log_namespace") == "difytw.access"]
+    assert (line["status"], line["outcome"]) == (status, code)
