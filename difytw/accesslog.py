@@ -8,9 +8,9 @@ status (nginx's 499 when the client left before any response head), body bytes, 
 the response head, duration, outcome and whether the client left early.  No header is
 logged, so neither the app key nor a client's Authorization can reach a log.
 
-The answers given before any route runs live here too: the 413 above, and ``TargetGate``'s
-refusal of unsafe request-targets, both through ``answer_error`` so that they are logged
-with their Dify error code as the outcome.
+The answers given before any route runs live here too: the 413 above, ``ProxyChannel``'s
+400/431 for requests Twisted cannot parse, and ``TargetGate``'s refusal of unsafe
+request-targets, each logged with its Dify error code as the outcome.
 """
 
 from __future__ import annotations

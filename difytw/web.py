@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -208,6 +209,7 @@ class DemoService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        route_library_logs()
         self.demo = start_demo(self.reactor, speed=self.speed)
         try:
             listen_or_exit(self.reactor, self.listen, self.demo.site).addCallback(self._listening)
@@ -231,6 +233,30 @@ class DemoService(Service):
             stopping.append(self.demo.close())
             self.demo = None
         return DeferredList(stopping) if stopping else None
+
+
+_library_log = Logger(namespace="difytw.library")
+
+
+class _DebugToTwistedLog(logging.Handler):
+    """A stdlib ``logging`` handler that hands each record to ``twisted.logger`` at debug."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _library_log.debug("{library}: {message}", library=record.name, message=record.getMessage())
+
+
+def route_library_logs() -> None:
+    """Send python-multipart's stdlib log records to ``twisted.logger`` at debug level.
+
+    It warns through ``logging`` about every malformed body it parses (the proxy's upload
+    user check, the replay server's uploads); unhandled, those reach stderr, which
+    ``twist`` logs at error level, so any client could flood the error log.  Done when a
+    service starts, not at import, and only once.
+    """
+    logger = logging.getLogger("python_multipart")
+    if not any(isinstance(handler, _DebugToTwistedLog) for handler in logger.handlers):
+        logger.addHandler(_DebugToTwistedLog())
+    logger.propagate = False
 
 
 def check_listen(listen: str, flag: str = "--listen") -> None:
@@ -283,7 +309,8 @@ def listen_or_exit(reactor: Any, listen: str, factory: Any) -> Deferred[IListeni
 
 
 class ListeningService(Service):
-    """Serves ``factory`` on ``listen`` while running (with :func:`listen_or_exit`)."""
+    """Serves ``factory`` on ``listen`` while running (with :func:`listen_or_exit`), with
+    library log records routed (:func:`route_library_logs`)."""
 
     def __init__(self, reactor: Any, listen: str, factory: Any) -> None:
         self.reactor = reactor
@@ -293,6 +320,7 @@ class ListeningService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        route_library_logs()
         listen_or_exit(self.reactor, self.listen, self.factory).addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.application.service import IService, MultiService
+from twisted.logger import LogEvent, LogLevel
 from twisted.python import usage
 
 from difytw.proxy import ProxyConfig
@@ -23,6 +25,9 @@ from difytw.proxytap import (
     parse_size,
     with_backlog,
 )
+from difytw.web import ListeningService
+from tests.rawhttp import build_request
+from tests.rawhttp import fetch as raw_fetch
 
 KEY = "app-0123456789abcdef"
 UPSTREAM = ["--upstream", "https://api.dify.ai/v1"]
@@ -346,3 +351,36 @@ def test_the_demo_refuses_to_listen_beyond_loopback(listen: str) -> None:
 )
 def test_the_demo_listens_where_asked_on_loopback(listen: str) -> None:
     assert parse(["--demo", "--listen", listen], environ={})["listen"] == listen
+
+
+@pytest_twisted.ensureDeferred
+async def test_multipart_parser_warnings_go_to_the_debug_log_not_stderr(
+    replay: Any, logged: list[LogEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    from twisted.internet import reactor
+
+    service = makeService(
+        parse(["--upstream", replay.url + "/v1", "--listen", "tcp:0:interface=127.0.0.1"]),
+        reactor=reactor,
+    )
+    service.startService()
+    try:
+        [listener] = [s for s in service if isinstance(s, ListeningService)]
+        assert listener.port is not None
+        port = listener.port.getHost().port  # type: ignore[attr-defined]
+        # A space in a part's header name: python-multipart warns before it raises.
+        body = b"--XX\r\nbad header: x\r\n\r\ndata\r\n--XX--\r\n"
+        request = build_request(
+            "POST",
+            "/dify/files/upload",
+            headers=[("Content-Type", "multipart/form-data; boundary=XX")],
+            body=body,
+        )
+        _, answered = raw_fetch(reactor, port, request)
+        await answered
+    finally:
+        await service.stopService()
+    library = [e for e in logged if e.get("log_namespace") == "difytw.library"]
+    assert library and all(e["log_level"] == LogLevel.debug for e in library)
+    assert library[0]["library"].startswith("python_multipart")
+    assert [r for r in caplog.records if r.name.startswith("python_multipart")] == []
