@@ -355,9 +355,23 @@ def test_the_demo_listens_where_asked_on_loopback(listen: str) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_multipart_parser_warnings_go_to_the_debug_log_not_stderr(
-    replay: Any, logged: list[LogEvent], caplog: pytest.LogCaptureFixture
+    replay: Any, logged: list[LogEvent]
 ) -> None:
+    import logging
+
     from twisted.internet import reactor
+
+    class Collect(logging.Handler):
+        def __init__(self, level: int) -> None:
+            super().__init__(level)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    # What reaches the root logger is what Python's last-resort handler prints to stderr.
+    root = Collect(logging.WARNING)
+    logging.getLogger().addHandler(root)
 
     service = makeService(
         parse(["--upstream", replay.url + "/v1", "--listen", "tcp:0:interface=127.0.0.1"]),
@@ -380,7 +394,8 @@ async def test_multipart_parser_warnings_go_to_the_debug_log_not_stderr(
         await answered
     finally:
         await service.stopService()
+        logging.getLogger().removeHandler(root)
     library = [e for e in logged if e.get("log_namespace") == "difytw.library"]
     assert library and all(e["log_level"] == LogLevel.debug for e in library)
     assert library[0]["library"].startswith("python_multipart")
-    assert [r for r in caplog.records if r.name.startswith("python_multipart")] == []
+    assert [r for r in root.records if r.name.startswith("python_multipart")] == []
