@@ -16,7 +16,7 @@ left or the proxy gave up on it, the run is stopped upstream (``stopper``, issue
 finished stream leaves one usage line (``usage``).  With ``--record DIR`` every exchange is
 also teed into a fixture as it streams (``recordfolder``, issue 4).
 
-The reactor, clock and HTTP client are parameters; nothing here imports the global reactor.
+The reactor, clock and upstream agent are parameters; nothing here imports the global reactor.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from functools import partial
 from typing import Any, cast
 
 from klein import Klein
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
@@ -35,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import (
     UNKNOWN_LENGTH,
+    IAgent,
     IRequest,
 )
 from twisted.web.resource import IResource
@@ -63,10 +63,10 @@ from difytw.stopper import (
     run_route,
 )
 from difytw.upstream import (
-    WireURL,
+    cookieless_client,
     tls_policy,
     upload_body,
-    upstream_client,
+    upstream_agent,
     upstream_headers,
     upstream_pool,
     upstream_timeout,
@@ -119,7 +119,7 @@ class ProxyApp:
         *,
         reactor: Any,
         clock: IReactorTime | None = None,
-        client: HTTPClient | None = None,
+        agent: IAgent | None = None,
         cooperator: Cooperator | None = None,
         observe: ObserverFactory | None = None,
         record: RecordFolder | None = None,
@@ -130,10 +130,12 @@ class ProxyApp:
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._pool = upstream_pool(reactor)
-        self._client = (
-            client
-            if client is not None
-            else upstream_client(
+        # The relay goes through the agent itself, not treq (see ``upstream``): treq
+        # would inflate a gzip answer and drop its Content-Encoding.
+        self._agent = (
+            agent
+            if agent is not None
+            else upstream_agent(
                 reactor,
                 self._pool,
                 connect_timeout=config.connect_timeout,
@@ -156,7 +158,7 @@ class ProxyApp:
             cooperator=self._cooperator,
         )
         # Stop calls run on the reactor's time: they outlive the exchange the clock times.
-        self._stopper = StopClient(self._client, self._key, clock=reactor)
+        self._stopper = StopClient(cookieless_client(self._agent), self._key, clock=reactor)
         self._stop_policy = StopPolicy(config.stop_on_disconnect, config.resume_workflows)
 
     def close(self) -> Deferred[None]:
@@ -304,15 +306,13 @@ class ProxyApp:
             if self._record is not None
             else None
         )
-        sending = self._client.request(
-            request.method.decode("ascii"),
-            WireURL(url),
-            headers=headers,
-            data=upload_body(
-                request.content, cooperator=self._cooperator, progress=uploaded_a_slice
-            ),
-            allow_redirects=False,  # a redirect is the client's business, with its own URL
-            unbuffered=True,
+        # An Agent follows no redirect (the client's business, with its own URL) and
+        # hands the body over unread: the relay below gets upstream's bytes as they come.
+        sending = self._agent.request(
+            request.method,
+            url,
+            headers,
+            upload_body(request.content, cooperator=self._cooperator, progress=uploaded_a_slice),
         )
 
         def client_left(reason: Failure) -> None:
@@ -377,9 +377,9 @@ class ProxyApp:
         )
         request.registerProducer(relay, True)
         response.deliverBody(relay)
-        # An open stream may idle for minutes: keep only what relaying it needs, not treq's
-        # response wrapper or the upstream request's headers.  ``sending`` (which the
-        # closures above still reference) keeps its result, so it is made to drop it.
+        # An open stream may idle for minutes: keep only what relaying it needs, not the
+        # response or the upstream request's headers.  ``sending`` (which the closures
+        # above still reference) keeps its result, so it is made to drop it.
         sending.addCallback(lambda _: None)
         del response, headers
         end = await relay.done

@@ -1,9 +1,14 @@
-"""The upstream HTTP client of difyproxy and difyreplay's passthrough: treq over a lean agent.
+"""The upstream HTTP agent of difyproxy and the treq client of its side calls.
 
-treq's ``HTTPClient`` stays the client; what is configured here is underneath it:
+``upstream_agent`` is what difyproxy relays through: Twisted's ``Agent`` on a persistent
+pool, with nothing that reads or rewrites the body between upstream and the relay.  treq's
+``HTTPClient`` always wraps its agent in ``ContentDecoderAgent(gzip)``, which advertises
+gzip, inflates a gzip answer and drops its Content-Encoding, so a relay cannot go through
+it (issue 3 item 3: bytes unchanged).  ``upstream_client`` puts treq over the same agent for
+calls whose answers are read rather than relayed (stop calls, the replay passthrough).
 
-- ``IdentityEncodingAgent``: treq always advertises gzip and inflates gzip answers, and a
-  relay must pass bytes and Content-Length untouched, so upstream is asked for identity.
+- ``IdentityEncodingAgent``: upstream is asked for ``Accept-Encoding: identity``; an
+  upstream that compresses anyway is relayed as it answered, coding header and all.
 - ``NoCookieJar`` / ``NoCookies``: a shared proxy must never carry one client's upstream
   cookies into another client's request; the jar neither keeps nor sends any, and skips
   ``http.cookiejar``'s per-request header parsing since it would discard the result anyway.
@@ -15,8 +20,6 @@ treq's ``HTTPClient`` stays the client; what is configured here is underneath it
   filtered headers with the key, its spooled body read in slices).
 - ``UpstreamPool``: a connection pool whose connection factory does not log
   "Starting factory"/"Stopping factory" for every upstream connection.
-- ``WireURL``: the upstream URL handed to treq as the bytes ``difytw.uri`` built, so treq
-  neither re-parses it nor re-encodes it (IDNA, percent-encoding) on every request.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from http.cookiejar import Cookie, CookiePolicy
 from typing import IO, Any
 
 from cryptography import x509
-from hyperlink import EncodedURL
 from OpenSSL.crypto import X509
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
@@ -71,44 +73,13 @@ from difytw.relay import UploadBody
 POOL_IDLE_PER_HOST = 1024
 
 
-class WireURL(EncodedURL):
-    """An upstream URL that is already exactly what goes on the wire.
-
-    treq turns every URL it is given into text through ``EncodedURL.to_uri().to_text()``:
-    a parse, an IDNA pass over the host and a percent-encoding pass over every part, ~30 us
-    per request.  ``difytw.uri`` built this URL from the checked ``--upstream`` base and a
-    request-target vetted to RFC 3986's alphabet, so it is a URI already and those passes
-    could only change it: they fail on an IPv6 literal host, and drop a bare trailing
-    ``?`` (which Twisted's ``Agent`` drops below treq anyway, so the wire is unchanged).
-    So ``to_uri`` is the URL itself and ``to_text`` its bytes as given; anything else
-    hyperlink offers is parsed on first use.
-    """
-
-    def __init__(self, raw: bytes) -> None:
-        # No super().__init__(): the parsed fields are filled in by __getattr__ when asked.
-        self._wire = raw.decode("ascii")
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes not set yet: hyperlink's parsed fields.
-        if name.startswith("__") or name == "_wire":
-            raise AttributeError(name)
-        self.__dict__.update(vars(EncodedURL.from_text(self._wire)))
-        return object.__getattribute__(self, name)
-
-    def to_uri(self) -> EncodedURL:
-        return self
-
-    def to_text(self, with_password: bool = False) -> str:
-        return self._wire
-
-
 @implementer(IAgent)
 class IdentityEncodingAgent:
-    """Asks upstream for unencoded bodies.
+    """Asks upstream for unencoded bodies (``Accept-Encoding: identity``).
 
-    treq always wraps its agent in ``ContentDecoderAgent(gzip)``, which advertises gzip
-    and inflates gzip answers.  A relay must pass bytes and Content-Length untouched, so
-    this agent, below treq's, replaces the advertisement with ``identity``.
+    The client's own Accept-Encoding is never forwarded, and no header at all would let
+    upstream pick any coding (RFC 9110 section 12.5.3).  Under treq's client this also
+    replaces the gzip that its ``ContentDecoderAgent`` advertises.
     """
 
     def __init__(self, agent: IAgent) -> None:
@@ -228,6 +199,19 @@ def tls_policy(ca_bundle: str | None) -> IPolicyForHTTPS:
     )
 
 
+def upstream_agent(
+    reactor: Any,
+    pool: HTTPConnectionPool,
+    *,
+    connect_timeout: float,
+    tls: IPolicyForHTTPS,
+) -> IAgent:
+    """The agent difyproxy relays through: pooled, follows no redirect, keeps no cookie,
+    asks for identity and leaves the answer's body and headers as upstream sent them."""
+    endpoints = UpstreamEndpoints(reactor, tls=tls, connect_timeout=connect_timeout)
+    return IdentityEncodingAgent(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
+
+
 def upstream_client(
     reactor: Any,
     pool: HTTPConnectionPool,
@@ -235,10 +219,15 @@ def upstream_client(
     connect_timeout: float,
     tls: IPolicyForHTTPS,
 ) -> HTTPClient:
-    """treq client for upstream: pooled, no redirects followed, no cookies kept."""
-    endpoints = UpstreamEndpoints(reactor, tls=tls, connect_timeout=connect_timeout)
-    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-    return HTTPClient(IdentityEncodingAgent(agent), cookiejar=NoCookieJar())
+    """treq over ``upstream_agent``, for answers that are read, not relayed byte for byte."""
+    return cookieless_client(
+        upstream_agent(reactor, pool, connect_timeout=connect_timeout, tls=tls)
+    )
+
+
+def cookieless_client(agent: IAgent) -> HTTPClient:
+    """treq's client over ``agent`` with a jar that keeps no cookie."""
+    return HTTPClient(agent, cookiejar=NoCookieJar())
 
 
 def upstream_headers(

@@ -5,21 +5,27 @@ Every test here crosses real sockets: client (treq) -> difyproxy -> difyreplay.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from difytw.access import AccessPolicy
 from difytw.authconfig import parse_networks, parse_tokens, token_line
 from difytw.fixture import load
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.relay import BodyRelay
+from tests.rawhttp import build_request
+from tests.rawhttp import fetch as raw_fetch
 from tests.test_proxy_harness import (
     CHAT,
     FIXTURES,
@@ -204,3 +210,47 @@ async def test_observer_hook_sees_the_stream_and_the_relay_is_the_producer(
     assert producers and all(
         isinstance(producer, BodyRelay) and streaming for producer, streaming in producers
     )
+
+
+class GzipAnyway(Resource):
+    """An upstream that compresses whatever the request asked for, and notes what it asked."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.content_type = content_type
+        self.asked: list[list[bytes] | None] = []
+
+    def render(self, request: Any) -> bytes:
+        self.asked.append(request.requestHeaders.getRawHeaders(b"Accept-Encoding"))
+        request.setHeader(b"Content-Type", self.content_type)
+        request.setHeader(b"Content-Encoding", b"gzip")
+        return self.body
+
+
+@pytest.mark.parametrize(
+    "content_type", [b"application/json", b"text/event-stream"], ids=["json", "sse"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_gzip_answer_is_relayed_compressed_and_unchanged(
+    content_type: bytes, start_proxy: Callable[..., RunningProxy]
+) -> None:
+    body = gzip.compress(b'data: {"event": "message", "answer": "hi"}\n\n' * 50, mtime=0)
+    upstream = GzipAnyway(body, content_type)
+    listening = reactor.listenTCP(0, Site(upstream), interface="127.0.0.1")
+    try:
+        proxy = start_proxy(f"http://127.0.0.1:{listening.getHost().port}/v1")
+        _, answered = raw_fetch(
+            reactor,
+            proxy.port,
+            build_request("GET", "/dify/parameters", headers=[("Accept-Encoding", "gzip")]),
+        )
+        answer = await answered
+    finally:
+        await listening.stopListening()
+    assert upstream.asked == [[b"identity"]]  # the proxy asks for no compression...
+    assert answer.status == 200
+    assert answer.header("content-encoding") == "gzip"  # ...and passes what came untouched
+    assert answer.body == body

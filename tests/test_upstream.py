@@ -8,12 +8,7 @@ from typing import Any
 from urllib.request import Request as UrllibRequest
 
 import pytest
-from hyperlink import EncodedURL
-from hypothesis import given
-from hypothesis import strategies as st
-from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
@@ -25,7 +20,6 @@ from difytw.upstream import (
     POOL_IDLE_PER_HOST,
     NoCookieJar,
     UpstreamEndpoints,
-    WireURL,
     tls_policy,
     upload_body,
     upstream_client,
@@ -33,12 +27,6 @@ from difytw.upstream import (
     upstream_pool,
 )
 from tests.test_proxy_client import cookie
-
-# What difytw.uri lets through: RFC 3986's alphabet, a path that starts with "/".
-_URI_TEXT = st.text(
-    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?%",
-    max_size=40,
-)
 
 
 def endpoint_for(url: bytes, timeout: float = 7.0) -> Any:
@@ -148,50 +136,3 @@ def test_an_empty_body_sends_no_producer_and_a_read_one_is_rewound() -> None:
     assert isinstance(body, UploadBody)
     assert body.length == len(b'{"query": "hi"}')
     assert spool.tell() == 0
-
-
-class RecordingAgent:
-    def __init__(self) -> None:
-        self.uris: list[bytes] = []
-
-    def request(
-        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
-    ) -> Any:
-        self.uris.append(uri)
-        return Deferred()
-
-
-@given(
-    base=st.sampled_from(["http://127.0.0.1:5001/v1", "https://[::1]/v1", "http://Dify.Example"]),
-    rest=_URI_TEXT,
-)
-def test_treq_sends_a_wire_url_byte_for_byte(base: str, rest: str) -> None:
-    agent = RecordingAgent()
-    raw = (base + "/" + rest).encode("ascii")
-    HTTPClient(agent).request("GET", WireURL(raw), unbuffered=True)  # type: ignore[arg-type]
-    assert agent.uris == [raw]
-
-
-def test_a_wire_url_keeps_what_hyperlink_would_change() -> None:
-    # treq's own text path drops a bare "?" (and cannot encode an IPv6 literal host); the
-    # Agent below treq drops the "?" too, but that is no reason to rewrite a URL twice.
-    agent = RecordingAgent()
-    HTTPClient(agent).request("GET", "http://127.0.0.1:5001/v1/x?", unbuffered=True)  # type: ignore[arg-type]
-    HTTPClient(agent).request("GET", WireURL(b"http://127.0.0.1:5001/v1/x?"), unbuffered=True)  # type: ignore[arg-type]
-    assert agent.uris == [b"http://127.0.0.1:5001/v1/x", b"http://127.0.0.1:5001/v1/x?"]
-
-
-def test_a_wire_url_parses_only_when_asked_and_then_like_hyperlink() -> None:
-    url = WireURL(b"http://127.0.0.1:5001/v1/chat-messages?user=a%20b&x")
-    assert "_host" not in vars(url)
-    parsed = EncodedURL.from_text("http://127.0.0.1:5001/v1/chat-messages?user=a%20b&x")
-    assert (url.scheme, url.host, url.port, url.path, url.query) == (
-        parsed.scheme,
-        parsed.host,
-        parsed.port,
-        parsed.path,
-        parsed.query,
-    )
-    assert url.to_uri() is url
-    with pytest.raises(AttributeError):
-        url.no_such_field  # noqa: B018
