@@ -255,10 +255,13 @@ class ProxyApp:
 
     @staticmethod
     def _caller_user(request: ProxyExchange, route: RunRoute | None, query: bytes) -> str | None:
-        """The ``user`` the caller named, in the body for a run route, else the query."""
+        """The ``user`` the caller named, in the body for a run route, else the query.
+
+        A resumed run (``GET /workflow/{id}/events``) names it in the query (contract 1.2).
+        """
         user = query_user(query)
         content = request.content
-        if route is not None and content is not None:
+        if route is not None and not route.resumed and content is not None:
             content.seek(0, 2)
             if content.tell() <= MAX_BODY_FOR_USER:
                 content.seek(0)

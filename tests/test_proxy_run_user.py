@@ -62,3 +62,16 @@ def test_without_the_gate_or_a_json_user_the_query_names_it() -> None:
     request.method = b"GET"
     run = app()._upstream_run(cast(ProxyExchange, request), b"http://127.0.0.1:5001/v1/parameters")
     assert run.user == "from-query"
+
+
+def test_without_the_gate_a_resumed_run_takes_the_query_user() -> None:
+    # GET /workflow/{id}/events names its user in the query (contract 1.2); a body parse
+    # there found nothing and used to drop the query's user, so a stop call had none.
+    run_id = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    request = FakeRequest(b"")
+    request.method = b"GET"
+    request.uri = b"/dify/v1/workflow/" + run_id.encode() + b"/events?user=from-query"
+    url = b"http://127.0.0.1:5001/v1/workflow/" + run_id.encode() + b"/events?user=from-query"
+    run = app()._upstream_run(cast(ProxyExchange, request), url)
+    assert run.route is not None and run.route.resumed
+    assert run.user == "from-query"
