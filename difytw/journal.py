@@ -53,7 +53,7 @@ class JournalEntry:
     path: str
     query: str
     headers: list[tuple[str, str]]
-    auth: str  # "ok" | "missing" | "wrong" | "not-required"
+    auth: str  # "ok" | "unchecked" (any well-formed Bearer: no --api-key) | "missing" | "wrong"
     body_sha256: str
     body_bytes: int
     fixture: str | None = None

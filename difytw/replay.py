@@ -138,7 +138,7 @@ class ReplayApp:
             path=raw_path,
             query=raw_query,
             headers=allowed_headers(request.requestHeaders.getAllRawHeaders()),
-            auth="not-required",
+            auth="missing",  # until _check_key says otherwise
             body_sha256=digest.hexdigest(),
             body_bytes=length,
         )
@@ -260,9 +260,9 @@ class ReplayApp:
         return self._send_json(request, entry, 200, body)
 
     def _check_key(self, request: IRequest) -> str:
-        if self.api_key is None:
-            return "not-required"
-        # Dify's validate_and_get_api_token (dify-contract.md 1.1).
+        # Dify's validate_and_get_api_token (dify-contract.md 1.1).  Real Dify never
+        # answers without a well-formed Bearer, so neither does its stand-in: a client
+        # that forgets the header must fail here, not first in production.
         header = request.getHeader(b"authorization")
         if header is None or b" " not in header:
             raise DifyError(
@@ -271,6 +271,9 @@ class ReplayApp:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer":
             raise DifyError(401, "unauthorized", "Authorization scheme must be 'Bearer'")
+        # Twisted strips header values, so a token here is never empty.
+        if self.api_key is None:
+            return "unchecked"  # no --api-key: any key is one this fake knows
         if not hmac.compare_digest(token.strip(), self.api_key.encode("utf-8")):
             raise DifyError(401, "unauthorized", "Access token is invalid")
         return "ok"

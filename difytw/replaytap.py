@@ -48,7 +48,8 @@ class Options(usage.Options):
             "k",
             None,
             "Require exactly this Dify app key in 'Authorization: Bearer' "
-            "(default: $DIFY_REPLAY_API_KEY, else any request is accepted).",
+            "(default: $DIFY_REPLAY_API_KEY, else any Bearer key is accepted; like Dify, "
+            "a request without one always gets 401).",
         ],
         [
             "record-mode",

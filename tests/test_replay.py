@@ -167,6 +167,55 @@ async def test_wrong_scheme(replay: RunningReplay) -> None:
     assert json.loads(response.body)["message"] == "Authorization scheme must be 'Bearer'"
 
 
+@pytest.mark.parametrize(
+    ("authorization", "message"),
+    [
+        (None, "Authorization header must be provided and start with 'Bearer'"),
+        ("Bearer", "Authorization header must be provided and start with 'Bearer'"),
+        ("Basic dXNlcjpwdw==", "Authorization scheme must be 'Bearer'"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_without_api_key_a_well_formed_bearer_is_still_required(
+    start_replay: Callable[..., RunningReplay],
+    fixture_dir: Path,
+    authorization: str | None,
+    message: str,
+) -> None:
+    # Real Dify always answers 401 here (dify-contract.md 1.1); --api-key only decides
+    # whether the key itself is compared.
+    replay = start_replay(fixture_dir, api_key=None)
+    headers = [("Content-Type", "application/json")]
+    if authorization is not None:
+        headers.append(("Authorization", authorization))
+    body = json.dumps({"query": "hello", "inputs": {}, "response_mode": "streaming", "user": "u"})
+    for path in ("/v1/chat-messages", "/v1/chat-messages/t1/stop"):
+        request = build_request("POST", path, headers=headers, body=body.encode())
+        response = await send(replay, request)
+        assert response.status == 401, path
+        assert response.header("www-authenticate") == 'Bearer realm="api"'
+        assert json.loads(response.body) == {
+            "code": "unauthorized",
+            "message": message,
+            "status": 401,
+        }
+    assert [entry.auth for entry in replay.journal.entries] == 2 * [
+        "missing" if authorization is None else "wrong"
+    ]
+    journal = await send(replay, build_request("GET", "/_replay/journal"))
+    assert journal.status == 200  # the harness API needs no key
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_api_key_any_bearer_key_is_accepted(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir, api_key=None)
+    response = await send(replay, chat(key="app-whatever-the-client-holds"))
+    assert response.status == 200 and response.complete
+    assert replay.journal.entries[0].auth == "unchecked"
+
+
 @pytest_twisted.ensureDeferred
 async def test_unmatched_request_names_the_nearest_fixture(
     start_replay: Callable[..., RunningReplay], fixture_dir: Path
