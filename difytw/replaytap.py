@@ -3,7 +3,8 @@
 Fixtures are loaded and validated while the options are parsed, so a broken
 fixture stops startup with ``file:line: problem`` and a non-zero exit before
 anything listens.  So does a recording mode (issue 4 item 2) that lacks its
-``--upstream`` or ``DIFY_API_KEY``, or a fixture folder it cannot write to.
+``--upstream`` or ``DIFY_API_KEY``, a fixture folder it cannot write to, or an
+``--api-key`` of its own when it listens beyond loopback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.web.client import HTTPConnectionPool
 
+from difytw.authconfig import listens_on_loopback
 from difytw.fixture import FixtureError
 from difytw.fixtureindex import FixtureIndex
 from difytw.passthrough import Passthrough, RecordMode
@@ -107,6 +109,8 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["api-key"] is None:
             self["api-key"] = self._environ.get("DIFY_REPLAY_API_KEY") or None
+        elif not self["api-key"].strip():
+            raise usage.UsageError("--api-key must not be empty (omit it to accept any key)")
         self._recording(folder)
 
     def _recording(self, folder: Path) -> None:
@@ -147,6 +151,14 @@ class Options(usage.Options):
                 "upstream only; --api-key still guards this server)"
             )
         self.upstream_key = key
+        if not self["api-key"] and not listens_on_loopback(self["listen"]):
+            # Every forwarded request spends the real key: off loopback, only callers
+            # that hold this server's own key may make it do that.
+            raise usage.UsageError(
+                f"--record-mode {mode} on a non-loopback --listen ({self['listen']}) lets anyone "
+                f"who reaches the port spend ${KEY_ENV}: set --api-key (or "
+                "$DIFY_REPLAY_API_KEY) for this server, or listen on 127.0.0.1"
+            )
         try:
             RecordFolder.check(folder, "--fixtures")
         except FolderError as error:

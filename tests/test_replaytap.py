@@ -118,6 +118,37 @@ def test_recording_usage_errors_name_the_flag(
         parse_recording(tmp_path, *argv, environ=environ)
 
 
+@pytest.mark.parametrize(
+    "listen",
+    ["tcp:8081", "tcp:8081:interface=0.0.0.0", "tcp6:8081:interface=\\:\\:", "systemd:domain=INET"],
+)
+def test_recording_beyond_loopback_needs_this_servers_own_key(tmp_path: Path, listen: str) -> None:
+    # Anyone who reaches the port would spend the real DIFY_API_KEY (issue 4 item 2).
+    argv = ["--record-missing", *UPSTREAM, "--listen", listen]
+    with pytest.raises(usage.UsageError) as refused:
+        parse_recording(tmp_path, *argv)
+    message = str(refused.value)
+    assert "--api-key" in message and "non-loopback" in message and "\n" not in message
+    guarded = parse_recording(tmp_path, *argv, "--api-key", "app-guard")
+    assert guarded.record_mode is RecordMode.NEW_EPISODES
+    from_env = {"DIFY_API_KEY": REAL_KEY, "DIFY_REPLAY_API_KEY": "app-guard"}
+    assert parse_recording(tmp_path, *argv, environ=from_env)["api-key"] == "app-guard"
+    assert parse_recording(tmp_path, "--listen", listen).record_mode is RecordMode.NONE
+
+
+@pytest.mark.parametrize(
+    "listen", ["tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1", "unix:/tmp/x.sock"]
+)
+def test_recording_on_loopback_needs_no_key_of_its_own(tmp_path: Path, listen: str) -> None:
+    options = parse_recording(tmp_path, "--record-missing", *UPSTREAM, "--listen", listen)
+    assert options.record_mode is RecordMode.NEW_EPISODES and options["api-key"] is None
+
+
+def test_an_empty_api_key_is_a_usage_error() -> None:
+    with pytest.raises(usage.UsageError, match="--api-key must not be empty"):
+        parse("--fixtures", str(FIXTURES), "--api-key", " ")
+
+
 def test_scrub_rules_are_collected(tmp_path: Path) -> None:
     options = parse_recording(tmp_path, "--scrub", "sk-[a-z]+=SK", "--scrub", "x=y")
     assert [rule.placeholder for rule in options.scrub_rules] == [b"SK", b"y"]
