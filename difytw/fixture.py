@@ -123,8 +123,10 @@ class Fixture:
     response: Response
     chunks: tuple[Chunk, ...]
     end: End
-    # Where it was loaded from, for messages only: two equal exchanges are equal fixtures.
+    # Where it was loaded from (the file, the line of its ``fixture`` record), for messages
+    # only: two equal exchanges are equal fixtures.
     source: str = field(default="<memory>", compare=False)
+    line: int = field(default=1, compare=False)
 
     def body(self) -> bytes:
         return b"".join(chunk.data for chunk in self.chunks)
@@ -204,7 +206,16 @@ def loads(text: str, source: str = "<string>") -> Fixture:
         raise FixtureError(source, last_line, f"missing {missing!r} record (file ends here)")
     fixture_id, provenance, notes, scrubbed = head[0]
     return Fixture(
-        fixture_id, provenance, notes, scrubbed, head[1], head[2], tuple(chunks), end, source
+        fixture_id,
+        provenance,
+        notes,
+        scrubbed,
+        head[1],
+        head[2],
+        tuple(chunks),
+        end,
+        source,
+        records[0].line,
     )
 
 

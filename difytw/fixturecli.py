@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from difytw.fixture import Fixture, FixtureError, load
-from difytw.fixturelint import lint_file, lint_text
+from difytw.fixturelint import index_findings, lint_file, lint_text
 from difytw.fixtureshow import render
 from difytw.fixturewrite import dumps
 from difytw.har import DEFAULT_BASE_URL, export_har
@@ -128,6 +128,7 @@ def _lint(args: argparse.Namespace) -> int:
             findings += lint_file(path)
         except OSError as e:
             raise InputError(f"{path}: {e.strerror}") from None
+    findings = sorted(findings + index_findings(paths))
     for finding in findings:
         print(finding)
     print(f"{len(paths)} files, {len(findings)} problems", file=sys.stderr)

@@ -4,7 +4,9 @@ This module owns matching (docs/fixture-format.md, "Matching"): method and path 
 parameters equal as multisets, JSON body keys equal, minus the volatile keys a real client changes
 on every call.  Exact matches beat keyword matches, which beat a route's fallback.  When nothing
 matches, :class:`NoMatch` says which fixtures came nearest and what differed, and the index lists
-the problems of a fixture set (duplicate ids, ambiguous fixtures) up front.  Pure: no Twisted.
+the problems of a fixture set (duplicate ids, ambiguous fixtures) up front, each at the file and
+line of the fixture it is about, for ``twist difyreplay`` and ``difytw-fixture lint`` to report.
+Pure: no Twisted.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ class Incoming:
         return cls(request.method, request.path, request.query, json, request.body or b"")
 
 
+@dataclass(frozen=True)
+class IndexProblem:
+    """A problem of a fixture set, at the fixture (file, line of its record) it is about."""
+
+    path: str
+    line: int
+    problem: str
+    # Duplicate ids: the journal, the 404's nearest list and the logs could not say
+    # which file answered, so the replay server refuses to start.
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.problem}"
+
+
 class NoMatch(Exception):
     """No fixture answers a request; ``nearest`` holds (fixture id, what differed), best first."""
 
@@ -61,7 +78,8 @@ class FixtureIndex:
         for fixture in self.fixtures:
             route = (fixture.request.method, fixture.request.path)
             self._routes.setdefault(route, []).append(fixture)
-        self.problems: tuple[str, ...] = tuple(self._problems())
+        self.findings: tuple[IndexProblem, ...] = tuple(self._problems())
+        self.problems: tuple[str, ...] = tuple(str(problem) for problem in self.findings)
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike[str]) -> FixtureIndex:
@@ -104,27 +122,32 @@ class FixtureIndex:
         scored.sort(key=lambda item: item[0])
         return [(fixture_id, "; ".join(diffs[:3])) for _, fixture_id, diffs in scored[:limit]]
 
-    def _problems(self) -> Iterable[str]:
-        first_source: dict[str, str] = {}
+    def _problems(self) -> Iterable[IndexProblem]:
+        first: dict[str, Fixture] = {}
         for fixture in self.fixtures:
-            if fixture.id in first_source:
-                yield (
+            if fixture.id in first:
+                problem = (
                     f"duplicate fixture id {fixture.id!r}: "
-                    f"{first_source[fixture.id]} and {fixture.source}"
+                    f"{first[fixture.id].source} and {fixture.source}"
                 )
-            first_source.setdefault(fixture.id, fixture.source)
+                yield IndexProblem(fixture.source, fixture.line, problem, fatal=True)
+            first.setdefault(fixture.id, fixture)
         for (method, path), route in self._routes.items():
-            fallbacks = [f.id for f in route if f.request.match.fallback]
+            fallbacks = [f for f in route if f.request.match.fallback]
             if len(fallbacks) > 1:
-                yield f"{len(fallbacks)} fallback fixtures for {method} {path}: {fallbacks}"
+                # At the second one: the first in file-name order answers, the rest never do.
+                ids = [f.id for f in fallbacks]
+                problem = f"{len(ids)} fallback fixtures for {method} {path}: {ids}"
+                yield IndexProblem(fallbacks[1].source, fallbacks[1].line, problem)
             for i, a in enumerate(route):
                 for b in route[i + 1 :]:
                     for owner, other in ((a, b), (b, a)):
                         if not differences(other, Incoming.from_request(owner.request)):
-                            yield (
+                            problem = (
                                 f"ambiguous: {other.id!r} also matches the request recorded "
-                                f"in {owner.id!r} ({method} {path})"
+                                f"in {owner.id!r} ({owner.source}, {method} {path})"
                             )
+                            yield IndexProblem(other.source, other.line, problem)
                             break
 
 

@@ -4,7 +4,8 @@ This module owns what makes a fixture fit to commit, beyond the format rules ``f
 enforces (record order, types, the end record's byte count and sha256): no credential anywhere
 in the file, the response headers docs/fixture-format.md section 3 asks for, and for streams the
 SSE grammar (WHATWG 9.2.6) and the Dify contract (dify-contract.md 2.1-2.6, via
-:mod:`difytw.streamlint`).  A finding names the line of the record it is about.
+:mod:`difytw.streamlint`); across the files of a folder, what the replay server's index reports
+(duplicate ids, ambiguous fixtures).  A finding names the line of the record it is about.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from difytw.fixture import Fixture, FixtureError, loads, read_text
+from difytw.fixture import Fixture, FixtureError, load, loads, read_text
+from difytw.fixtureindex import FixtureIndex
 from difytw.scrub import DEFAULT_RULES
 from difytw.streamlint import Lines, stream_problems
 
@@ -74,6 +76,27 @@ def lint_text(text: str, source: str = "<string>", stem: str | None = None) -> l
     )
     findings.update(Finding(source, line, problem) for line, problem in problems)
     return sorted(findings)
+
+
+def index_findings(paths: Iterable[str | os.PathLike[str]]) -> list[Finding]:
+    """What ``twist difyreplay`` would report for these files: duplicate ids, ambiguous
+    fixtures, extra fallbacks.  A replay server serves one folder, so each folder is one
+    index; files that do not load are left to :func:`lint_file`."""
+    folders: dict[Path, dict[Path, Fixture]] = {}
+    for given in paths:
+        path = Path(given)
+        key = path.resolve()
+        try:
+            fixture = load(path)
+        except (FixtureError, ValueError, OSError):
+            continue
+        folders.setdefault(key.parent, {}).setdefault(key, fixture)
+    findings = []
+    for files in folders.values():
+        # File-name order, as FixtureIndex.from_directory indexes a folder.
+        index = FixtureIndex(files[key] for key in sorted(files))
+        findings += [Finding(p.path, p.line, p.problem) for p in index.findings]
+    return findings
 
 
 def _secrets_in_lines(text: str, source: str) -> Iterator[Finding]:

@@ -97,6 +97,15 @@ class ReplayApp:
         if self.record_mode is not RecordMode.NONE and passthrough is None:
             raise ValueError(f"record mode {record_mode.value!r} needs an upstream to record")
         self.passthrough = passthrough
+        for problem in index.findings:
+            # Ambiguous fixtures and extra fallbacks still serve (the first in file-name
+            # order answers), but a test author must hear which file never will.
+            log.warn(  # noqa: G010 (twisted.logger.Logger has no .warning)
+                "fixture problem: {path}:{line}: {problem}",
+                path=problem.path,
+                line=problem.line,
+                problem=problem.problem,
+            )
 
     def site(self) -> Site:
         """A Site for this app: no tracebacks to clients, uploads not parsed into memory."""

@@ -1,8 +1,8 @@
 """``twist difyreplay``: options and service for the replay server.
 
 Fixtures are loaded and validated while the options are parsed, so a broken
-fixture stops startup with ``file:line: problem`` and a non-zero exit before
-anything listens.  So does a recording mode (issue 4 item 2) that lacks its
+fixture, or two with one id, stops startup with ``file:line: problem`` and a
+non-zero exit before anything listens.  So does a recording mode (issue 4 item 2) that lacks its
 ``--upstream`` or ``DIFY_API_KEY``, a fixture folder it cannot write to, or an
 ``--api-key`` of its own when it listens beyond loopback.
 """
@@ -107,6 +107,9 @@ class Options(usage.Options):
             self.index = FixtureIndex.from_directory(folder)
         except FixtureError as e:
             raise usage.UsageError(str(e)) from None
+        duplicates = [str(problem) for problem in self.index.findings if problem.fatal]
+        if duplicates:
+            raise usage.UsageError("\n".join(duplicates))
         if self["api-key"] is None:
             self["api-key"] = self._environ.get("DIFY_REPLAY_API_KEY") or None
         elif not self["api-key"].strip():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,37 @@ def test_lint_prints_one_file_line_problem_per_finding(
         f"{tmp_path / 'chat-slow.jsonl'}:2: secret: a Dify app key (app-KKKK...) must be scrubbed",
         f"{tmp_path / 'cut.jsonl'}:{len(cut) - 2}: missing 'end' record (file ends here)",
     ]
+
+
+def test_lint_reports_duplicate_ids_and_ambiguity_per_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    hello = load(FIXTURES / "chat-hello.jsonl")
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "chat-hello.jsonl").write_text(dumps(hello), encoding="utf-8")
+    (folder / "twin.jsonl").write_text(dumps(replace(hello, id="twin")), encoding="utf-8")
+    (folder / "zz.jsonl").write_text(dumps(hello), encoding="utf-8")  # the id again
+    first, twin, again = (
+        str(folder / name) for name in ("chat-hello.jsonl", "twin.jsonl", "zz.jsonl")
+    )
+    status, out, _ = run(capsys, "lint", str(folder))
+    assert status == 1
+    lines = out.strip().split("\n")
+    assert f"{again}:1: duplicate fixture id 'chat-hello': {first} and {again}" in lines
+    assert (
+        f"{twin}:1: ambiguous: 'twin' also matches the request recorded in 'chat-hello' "
+        f"({first}, POST /v1/chat-messages)"
+    ) in lines
+    assert all(
+        re.match(rf"({re.escape(first)}|{re.escape(twin)}|{re.escape(again)}):\d+: ", line)
+        for line in lines
+    )
+    # The same folder named file by file is the same one index.
+    assert run(capsys, "lint", again, first, twin)[1] == out
+    # Another folder is another replay server: the committed chat-hello is no duplicate.
+    status, out, _ = run(capsys, "lint", first, str(FIXTURES / "chat-hello.jsonl"))
+    assert (status, out) == (0, "")
 
 
 def test_lint_bad_paths(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from difytw.fixture import Fixture, FixtureError, MatchRules, Request, Response, end_for
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch, json_equal
 from difytw.fixturewrite import dump
+from difytw.fixturewrite import dumps as dump_text
 
 CHAT = "/v1/chat-messages"
 
@@ -310,12 +311,25 @@ def test_problems_duplicate_ids_ambiguity_and_two_fallbacks() -> None:
         ]
     )
     problems = "\n".join(index.problems)
-    assert "duplicate fixture id 'dup': dup.jsonl and dup.jsonl" in problems
+    assert "dup.jsonl:1: duplicate fixture id 'dup': dup.jsonl and dup.jsonl" in problems
+    assert [str(p) for p in index.findings if p.fatal] == [
+        "dup.jsonl:1: duplicate fixture id 'dup': dup.jsonl and dup.jsonl"
+    ]
+    assert "f2.jsonl:1: 2 fallback fixtures for POST /v1/chat-messages" in problems
+    assert "same-b.jsonl:1: ambiguous: 'same-b' also matches" in problems
     assert "ambiguous: 'same-b' also matches the request recorded in 'same-a'" in problems
     assert "2 fallback fixtures for POST /v1/chat-messages: ['f1', 'f2']" in problems
     # keys=("inputs",) accepts every request recorded here with empty inputs.
     assert "ambiguous: 'loose' also matches the request recorded in 'f1'" in problems
     assert "'same-a' also matches the request recorded in 'same-b'" not in problems
+
+
+def test_a_problem_names_the_line_of_the_fixture_record(tmp_path: Path) -> None:
+    dump(chat("same", "q"), tmp_path / "a.jsonl")
+    text = "\n\n" + dump_text(chat("same", "other"))  # two blank lines first
+    (tmp_path / "b.jsonl").write_text(text, encoding="utf-8")
+    [problem] = FixtureIndex.from_directory(tmp_path).findings
+    assert (problem.path, problem.line, problem.fatal) == (str(tmp_path / "b.jsonl"), 3, True)
 
 
 def test_keyword_overlap_is_not_ambiguity() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from twisted.application.service import IService, MultiService
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent, formatEvent
 from twisted.python import usage
 
 from difytw import replaytap
@@ -58,6 +59,37 @@ def test_malformed_fixture_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "broken.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(usage.UsageError, match=r"broken\.jsonl:3: "):
         parse("--fixtures", str(tmp_path))
+
+
+def copy_fixture(folder: Path, name: str, source: str = "chat-hello") -> Path:
+    target = folder / f"{name}.jsonl"
+    target.write_text((FIXTURES / f"{source}.jsonl").read_text(encoding="utf-8"))
+    return target
+
+
+def test_duplicate_fixture_ids_refuse_to_start(tmp_path: Path) -> None:
+    first, second = copy_fixture(tmp_path, "a"), copy_fixture(tmp_path, "b")
+    with pytest.raises(usage.UsageError) as refused:
+        parse("--fixtures", str(tmp_path))
+    assert str(refused.value) == (
+        f"{second}:1: duplicate fixture id 'chat-hello': {first} and {second}"
+    )
+
+
+def test_ambiguous_fixtures_are_logged_at_startup(tmp_path: Path, logged: list[LogEvent]) -> None:
+    first = copy_fixture(tmp_path, "chat-hello")
+    text = first.read_text().replace('"id":"chat-hello"', '"id":"twin"', 1)
+    assert '"id":"twin"' in text
+    (tmp_path / "twin.jsonl").write_text(text)
+    options = parse("--fixtures", str(tmp_path), "--listen", "tcp:0:interface=127.0.0.1")
+    replaytap.makeService(options, reactor=Clock())
+    lines = [formatEvent(event) for event in logged]
+    assert any(
+        line.startswith(f"fixture problem: {tmp_path / 'twin.jsonl'}:1: ambiguous: 'twin'")
+        for line in lines
+    ), lines
+    [event] = [e for e in logged if e.get("problem", "").startswith("ambiguous: 'twin'")]
+    assert (event["path"], event["line"]) == (str(tmp_path / "twin.jsonl"), 1)
 
 
 def test_make_service_listens_on_the_endpoint() -> None:
