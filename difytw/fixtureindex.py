@@ -2,11 +2,11 @@
 
 This module owns matching (docs/fixture-format.md, "Matching"): method and path equal, query
 parameters equal as multisets, JSON body keys equal, minus the volatile keys a real client changes
-on every call.  Exact matches beat keyword matches, which beat a route's fallback.  When nothing
-matches, :class:`NoMatch` says which fixtures came nearest and what differed, and the index lists
-the problems of a fixture set (duplicate ids, ambiguous fixtures) up front, each at the file and
-line of the fixture it is about, for ``twist difyreplay`` and ``difytw-fixture lint`` to report.
-Pure: no Twisted.
+on every call; a fixture whose ``end`` says incomplete never matches.  Exact matches beat keyword
+matches, which beat a route's fallback.  When nothing matches, :class:`NoMatch` says which
+fixtures came nearest and what differed, and the index lists the problems of a fixture set
+(duplicate ids, ambiguous fixtures) up front, each at the file and line of the fixture it is
+about, for ``twist difyreplay`` and ``difytw-fixture lint`` to report.  Pure: no Twisted.
 """
 
 from __future__ import annotations
@@ -73,7 +73,13 @@ class FixtureIndex:
     """An ordered set of fixtures that answers :meth:`match` queries."""
 
     def __init__(self, fixtures: Iterable[Fixture]) -> None:
-        self.fixtures: tuple[Fixture, ...] = tuple(fixtures)
+        self.loaded: tuple[Fixture, ...] = tuple(fixtures)
+        # A fixture whose end says incomplete (a recording cut short: the client left, the
+        # upstream reset) never answers: matched, its truncated stream would become the
+        # permanent answer to that request, and a recording replay would never record it
+        # again.  It stays on disk, for review.
+        self.incomplete = tuple(f for f in self.loaded if f.end.incomplete)
+        self.fixtures = tuple(f for f in self.loaded if not f.end.incomplete)
         self._routes: dict[tuple[str, str], list[Fixture]] = {}
         for fixture in self.fixtures:
             route = (fixture.request.method, fixture.request.path)
@@ -124,7 +130,7 @@ class FixtureIndex:
 
     def _problems(self) -> Iterable[IndexProblem]:
         first: dict[str, Fixture] = {}
-        for fixture in self.fixtures:
+        for fixture in self.loaded:
             if fixture.id in first:
                 problem = (
                     f"duplicate fixture id {fixture.id!r}: "

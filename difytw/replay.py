@@ -12,7 +12,8 @@ blocking request answered from a streaming fixture gets the folded JSON
 In a recording mode (``difytw.passthrough.RecordMode``, issue 4) a request with no
 fixture -- or every request, in ``all`` -- is forwarded to the real Dify instead and
 recorded as it streams; the new fixture joins the live index, so the same request is
-replayed from then on.
+replayed from then on.  A recording cut short (its ``end`` says incomplete) does not:
+the index never matches one, so the next identical request is forwarded again.
 
 The clock is injected; a client that leaves cancels its pending write at once,
 so no ``DelayedCall`` outlives its connection.
@@ -106,6 +107,8 @@ class ReplayApp:
                 line=problem.line,
                 problem=problem.problem,
             )
+        for fixture in index.incomplete:
+            _warn_incomplete(fixture, "loaded")
 
     def site(self) -> Site:
         """A Site for this app: no tracebacks to clients, uploads not parsed into memory."""
@@ -237,8 +240,12 @@ class ReplayApp:
         return None
 
     def _recorded(self, fixture: Fixture) -> None:
+        if fixture.end.incomplete:
+            # A cut recording is no answer: the same request is forwarded and recorded again.
+            _warn_incomplete(fixture, "recorded")
+            return
         # Issue 4 item 2: the same request replays from now on, without a restart.
-        self.index = FixtureIndex.from_fixtures([*self.index.fixtures, fixture])
+        self.index = FixtureIndex.from_fixtures([*self.index.loaded, fixture])
         log.info(
             "recorded {fixture} for {method} {path}",
             fixture=fixture.id,
@@ -352,6 +359,15 @@ class _Utf8Gate(Resource):
             request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
             return DifyError(400, "invalid_param", "The request path is not UTF-8.").body()
         return self._inner.render(request)
+
+
+def _warn_incomplete(fixture: Fixture, how: str) -> None:
+    log.warn(  # noqa: G010 (twisted.logger.Logger has no .warning)
+        "{how} {path}: an incomplete recording (end: {end}), never replayed",
+        how=how,
+        path=fixture.source,
+        end=fixture.end.how,
+    )
 
 
 def _json_body(content_type: bytes, body: bytes) -> Any:

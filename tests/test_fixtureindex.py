@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -330,6 +331,18 @@ def test_a_problem_names_the_line_of_the_fixture_record(tmp_path: Path) -> None:
     (tmp_path / "b.jsonl").write_text(text, encoding="utf-8")
     [problem] = FixtureIndex.from_directory(tmp_path).findings
     assert (problem.path, problem.line, problem.fatal) == (str(tmp_path / "b.jsonl"), 3, True)
+
+
+def test_an_incomplete_fixture_never_answers() -> None:
+    whole = chat("whole", "hello")
+    cut = replace(chat("cut", "hello"), end=end_for(b"", 2, "reset", incomplete=True))
+    index = FixtureIndex([cut, whole])
+    assert index.match(asking("hello")).id == "whole"  # although "cut" comes first
+    assert (index.fixtures, index.incomplete, index.loaded) == ((whole,), (cut,), (cut, whole))
+    assert index.problems == ()  # a duplicate answer, but it never answers
+    with pytest.raises(NoMatch):
+        FixtureIndex([cut]).match(asking("hello"))
+    assert FixtureIndex([cut, replace(whole, id="cut")]).findings[0].fatal  # ids still unique
 
 
 def test_keyword_overlap_is_not_ambiguity() -> None:

@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool, ResponseDone
 from twisted.web.server import Site
 
@@ -328,14 +328,8 @@ async def test_an_upstream_cut_is_passed_on_and_recorded_as_reset(
     assert logged_errors == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_client_that_leaves_a_forwarded_stream_closes_upstream_and_the_file(
-    start_replay: Callable[..., RunningReplay],
-    start_recording: Callable[..., Recording],
-    logged_errors: list[str],
-) -> None:
-    upstream = start_replay(speed=1.0)
-    recording = start_recording(RecordMode.NEW_EPISODES, upstream.url)
+async def leave_after_first_read(upstream: RunningReplay, recording: Recording) -> bytes:
+    """Ask for the slow chat, leave after its first read; what arrived until then."""
     _, collector = await start_fetch(
         "POST", recording.url + "/v1/chat-messages", json=dict(CHAT, user="u1"), headers=GUARD
     )
@@ -344,13 +338,37 @@ async def test_a_client_that_leaves_a_forwarded_stream_closes_upstream_and_the_f
     assert collector.transport is not None
     collector.transport.stopProducing()
     assert (await upstream_ended).outcome == "client_closed"  # upstream let go at once
-    [entry] = recording.app.journal.entries
+    entry = recording.app.journal.entries[-1]
     await wait_for(lambda: entry.outcome != "pending")
     assert entry.outcome == "client_closed"
+    return bytes(collector.body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_a_forwarded_stream_closes_upstream_and_the_file(
+    start_replay: Callable[..., RunningReplay],
+    start_recording: Callable[..., Recording],
+    logged_errors: list[str],
+    logged: list[LogEvent],
+) -> None:
+    upstream = start_replay(speed=1.0)
+    recording = start_recording(RecordMode.NEW_EPISODES, upstream.url)
+    received = await leave_after_first_read(upstream, recording)
     [path] = recording.files()
     cut = load(path)
     assert (cut.end.how, cut.end.incomplete) == ("reset", True)
-    assert cut.body() == collector.body
-    # A cut recording joins the index like any other: a restart would load it too.
-    assert [f.id for f in recording.app.index.fixtures] == [cut.id]
+    assert cut.body() == received
+    # A cut recording is no answer: it stays out of the index, and the same request is
+    # forwarded (and recorded) again instead of replaying the truncated stream for ever.
+    assert recording.app.index.fixtures == ()
+    await leave_after_first_read(upstream, recording)
+    assert len(upstream.journal.entries) == 2
+    assert len(recording.files()) == 2
+    # A restart skips them too, and says so, naming each file.
+    restarted = ReplayApp(FixtureIndex.from_directory(recording.folder), clock=reactor)
+    assert restarted.index.fixtures == ()
+    assert {f.source for f in restarted.index.incomplete} == {str(f) for f in recording.files()}
+    warnings = [formatEvent(e) for e in logged if e.get("log_level") == LogLevel.warn]
+    for file in recording.files():
+        assert f"loaded {file}: an incomplete recording (end: reset), never replayed" in warnings
     assert logged_errors == []
