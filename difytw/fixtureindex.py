@@ -116,6 +116,11 @@ class FixtureIndex:
             f"No fixture matches {incoming.method} {incoming.path}", self.nearest(incoming)
         )
 
+    def expects_json(self, method: str, path: str) -> bool:
+        """Whether a fixture recorded a JSON body for this route: then it is one of Dify's
+        JSON routes, which refuse any other body (dify-contract.md 1.1)."""
+        return any(f.request.has_json for f in self._routes.get((method, path), []))
+
     def nearest(self, incoming: Incoming, limit: int = 3) -> list[tuple[str, str]]:
         """Up to ``limit`` fixtures that differ least from ``incoming``, with the differences."""
         scored = []

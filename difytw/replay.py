@@ -56,6 +56,14 @@ MODE_ROUTES = ("/chat-messages", "/completion-messages", "/workflows/run")
 STOP_ROUTE = re.compile(
     r"^/v1/(?:chat-messages|completion-messages|workflows/tasks)/(?P<task>[^/]+)/stop$"
 )
+# The largest body read for matching; a JSON route refuses a bigger one with 413 rather
+# than match it as empty (Dify's own nginx stops far smaller bodies, contract 3).
+MAX_BODY = 16 << 20
+TOO_LARGE = "The data value transmitted exceeds the capacity limit."  # Werkzeug's 413
+# Werkzeug's UnsupportedMediaType from get_json() on another Content-Type.
+NOT_JSON = (
+    "Did not attempt to load JSON data because the request Content-Type was not 'application/json'."
+)
 # Statuses a `status=CODE` fault answers with, as Dify names them (section 3).
 FAULT_CODES = {
     400: ("invalid_param", "Injected fault: invalid parameter."),
@@ -165,11 +173,15 @@ class ReplayApp:
         entry.auth = self._check_key(request)
         faults, query = self._faults(request, query)
         entry.fault = faults.spec
-        content_type = (request.getHeader(b"content-type") or b"").lower()
         assert request.content is not None
-        body = request.content.read() if length <= 1 << 20 else b""
-        request.content.seek(0)
-        payload = _json_body(content_type, body)
+        json_route = self._json_route(request.method, path)
+        body = b""
+        if length <= MAX_BODY:
+            body = request.content.read()
+            request.content.seek(0)
+        elif json_route:
+            raise DifyError(413, "request_entity_too_large", TOO_LARGE)
+        payload = _json_body(request.getHeader(b"content-type"), body) if json_route else None
         stop = STOP_ROUTE.match(path)
         if stop is not None and request.method == b"POST":
             if self.record_mode is not RecordMode.NONE and stop.group("task") not in self.playbacks:
@@ -275,6 +287,11 @@ class ReplayApp:
         body = json.dumps({"result": "success"}).encode()
         return self._send_json(request, entry, 200, body)
 
+    def _json_route(self, method: bytes, path: str) -> bool:
+        if method == b"POST" and (path.endswith(MODE_ROUTES) or STOP_ROUTE.match(path)):
+            return True
+        return self.index.expects_json(method.decode("latin-1"), path)
+
     def _check_key(self, request: IRequest) -> str:
         # Dify's validate_and_get_api_token (dify-contract.md 1.1).  Real Dify never
         # answers without a well-formed Bearer, so neither does its stand-in: a client
@@ -370,13 +387,17 @@ def _warn_incomplete(fixture: Fixture, how: str) -> None:
     )
 
 
-def _json_body(content_type: bytes, body: bytes) -> Any:
-    if not content_type.startswith(b"application/json"):
-        return None
+def _json_body(content_type: bytes | None, body: bytes) -> Any:
+    """The body of a JSON route, read as Flask's ``get_json()`` does (dify-contract.md 1.1)."""
+    mimetype = (content_type or b"").partition(b";")[0].strip().lower()
+    if not (
+        mimetype == b"application/json"
+        or (mimetype.startswith(b"application/") and mimetype.endswith(b"+json"))
+    ):
+        raise DifyError(415, "unsupported_media_type", NOT_JSON)
     try:
         return json.loads(body)
-    except ValueError:
-        # Dify's get_json() failure (dify-contract.md 1.1).
+    except (ValueError, RecursionError):
         message = "Invalid JSON payload received or JSON payload is empty."
         raise DifyError(400, "invalid_param", message) from None
 
