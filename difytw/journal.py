@@ -2,9 +2,10 @@
 
 Tests and the demo read it to prove what crossed the wire: which requests
 arrived (with allow-listed headers only: never ``Authorization`` or
-``Cookie``), whether the key was right, which fixture answered, how many body
-bytes went out and how the exchange ended (``completed``, ``client_closed``
-at byte N, ``reset``, ``timeout``, or an error status).
+``Cookie``, of which only the count and the presence are kept), whether the
+key was right, which fixture answered, how many body bytes went out and how
+the exchange ended (``completed``, ``client_closed`` at byte N, ``reset``,
+``timeout``, or an error status).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class JournalEntry:
     path: str
     query: str
     headers: list[tuple[str, str]]
+    # How many Authorization values arrived, and whether a Cookie did: never the values.
+    # Behind the proxy exactly one (the app key) and no cookie prove the client's own
+    # credentials stayed at the proxy (dify-contract.md 9.8).
+    authorization_values: int
+    cookie: bool
     auth: str  # "ok" | "unchecked" (any well-formed Bearer: no --api-key) | "missing" | "wrong"
     body_sha256: str
     body_bytes: int

@@ -158,6 +158,8 @@ class ReplayApp:
             path=raw_path,
             query=raw_query,
             headers=allowed_headers(request.requestHeaders.getAllRawHeaders()),
+            authorization_values=len(request.requestHeaders.getRawHeaders(b"authorization", [])),
+            cookie=request.requestHeaders.hasHeader(b"cookie"),
             auth="missing",  # until _check_key says otherwise
             body_sha256=digest.hexdigest(),
             body_bytes=length,

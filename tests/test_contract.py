@@ -1,10 +1,10 @@
 """Every recorded fixture, through the real proxy to the real replay server.
 
 For each fixture in fixtures/: the recorded request goes through difyproxy (with the
-client's own, different Authorization); the answer must be the recorded one byte for byte
-with status and content type kept, its events must be Dify-shaped, the replay server
-(which requires one exact key) must see that key, and the key must appear nowhere in the
-answer.
+client's own, different Authorization and a cookie); the answer must be the recorded one byte
+for byte with status and content type kept, its events must be Dify-shaped, the replay server
+(which requires one exact key) must see that key alone and no cookie, and the key must appear
+nowhere in the answer.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = ["start_proxy"]
 
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
 CLIENT_AUTHORIZATION = "Bearer app-the-clients-own-token"
+CLIENT_COOKIE = "session=the-clients-own-session"
 
 
 def test_there_are_fixtures_to_check() -> None:
@@ -72,6 +73,7 @@ async def test_fixture_through_the_proxy(
         url += "?" + recorded.query
     headers = {name: value for name, value in recorded.headers}
     headers["Authorization"] = CLIENT_AUTHORIZATION
+    headers["Cookie"] = CLIENT_COOKIE
 
     response, collector, reason = await fetch(
         recorded.method, url, headers=headers, data=recorded.body or None
@@ -93,6 +95,9 @@ async def test_fixture_through_the_proxy(
 
     [entry] = replay.journal.entries
     assert entry.auth == "ok"  # the one exact key reached upstream, not the client's
+    # ...and only it: the client's Authorization was replaced, not added to, and its
+    # cookie stayed at the proxy.
+    assert (entry.authorization_values, entry.cookie) == (1, False)
     assert entry.fixture == fixture.id
 
     key = TEST_KEY.encode()

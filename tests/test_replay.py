@@ -158,6 +158,27 @@ async def test_wrong_or_missing_key_is_difys_401(
 
 
 @pytest_twisted.ensureDeferred
+async def test_journal_counts_credentials_but_never_keeps_them(
+    start_replay: Callable[..., RunningReplay], fixture_dir: Path
+) -> None:
+    replay = start_replay(fixture_dir)
+    await send(replay, chat())
+    headers = [
+        ("Authorization", "Bearer app-first-secret"),
+        ("Authorization", f"Bearer {TEST_KEY}"),
+        ("Cookie", "session=cookie-secret"),
+    ]
+    await send(replay, build_request("GET", "/v1/parameters", headers=headers))
+    plain, doubled = replay.journal.entries
+    assert (plain.authorization_values, plain.cookie) == (1, False)
+    assert (doubled.authorization_values, doubled.cookie) == (2, True)
+    shown = (await send(replay, build_request("GET", "/_replay/journal"))).body
+    assert [e["authorization_values"] for e in json.loads(shown)] == [1, 2]
+    for secret in (b"app-first-secret", b"cookie-secret", TEST_KEY.encode()):
+        assert secret not in shown
+
+
+@pytest_twisted.ensureDeferred
 async def test_wrong_scheme(replay: RunningReplay) -> None:
     request = build_request(
         "GET", "/v1/parameters", headers=[("Authorization", f"Basic {TEST_KEY}")]
