@@ -31,6 +31,9 @@ DEFAULT_IGNORE = (
 END_HOWS = ("eof", "reset", "timeout")
 # Credentials are never recorded: a fixture directory is committed and shared.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# Far deeper than any Dify request or record; see _Record.parse.
+MAX_NESTING = 100
+_TOO_DEEP = f"JSON nested deeper than {MAX_NESTING} levels"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -237,6 +240,12 @@ class _Record:
             obj = json.loads(text, parse_constant=no_constant)
         except ValueError as e:
             raise FixtureError(source, line, f"bad JSON: {e}") from None
+        except RecursionError:
+            raise FixtureError(source, line, _TOO_DEEP) from None
+        if _deeper_than(obj, MAX_NESTING):
+            # Matching, writing and lint walk a record recursively: a record nested near
+            # the interpreter's limit would stop them with a RecursionError.
+            raise FixtureError(source, line, _TOO_DEEP)
         if not isinstance(obj, dict):
             raise FixtureError(source, line, f"a record must be a JSON object, got {_kind(obj)}")
         kind = obj.get("type")
@@ -306,6 +315,22 @@ class _Record:
             return str(self.text(name)).encode("utf-8")
         except UnicodeEncodeError:
             raise self.fail(f"{self.label}: {name!r} is not valid UTF-8 (lone surrogate)") from None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``limit`` deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in _children(item))
+    return False
+
+
+def _children(item: dict[str, Any] | list[Any]) -> Any:
+    return item.values() if isinstance(item, dict) else item
 
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

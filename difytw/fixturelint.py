@@ -103,7 +103,7 @@ def _secrets_in_lines(text: str, source: str) -> Iterator[Finding]:
     """Raw lines, and the strings JSON decodes them to (an escape could hide a key)."""
     for number, line in enumerate(text.split("\n"), 1):
         texts = [line]
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):  # loads() reports these lines
             texts.extend(_strings(json.loads(line)))
         for value in texts:
             for rule, secret in _secrets(value.encode("utf-8", "surrogatepass")):

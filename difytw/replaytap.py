@@ -9,6 +9,7 @@ non-zero exit before anything listens.  So does a recording mode (issue 4 item 2
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,12 @@ class Options(usage.Options):
             self.speed = float(self["speed"])
         except ValueError:
             raise usage.UsageError(f"--speed must be a number, got {self['speed']!r}") from None
-        if self.speed < 0:
-            raise usage.UsageError("--speed must be 0 (as fast as possible) or more")
+        if not math.isfinite(self.speed) or self.speed < 0:
+            # nan would compare false everywhere and inf divide every delay to 0 unasked.
+            raise usage.UsageError(
+                f"--speed must be 0 (as fast as possible) or a finite number above, "
+                f"got {self['speed']!r}"
+            )
         folder = Path(self["fixtures"])
         if not folder.is_dir():
             raise usage.UsageError(f"--fixtures {folder}: not a directory")

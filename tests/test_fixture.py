@@ -171,11 +171,33 @@ def _raw(record: dict[str, Any], frame: str) -> str:
 # -- every validation error, with its line ------------------------------------------------------
 
 CHUNK = {"type": "chunk", "t": 20, "text": "x"}
+
+
+def _nested(depth: int) -> Any:
+    """``depth`` - 1 arrays around an empty one: the parser takes it, the fixture must not."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_up_to_the_limit_loads_and_matches_itself() -> None:
+    from difytw.fixtureindex import FixtureIndex, Incoming
+
+    # The record (1) holds "json" (2) holding "a" (3): 98 arrays more make 100 levels.
+    deep = REQUEST | {"json": {"a": _nested(98)}}
+    fixture = loads(text(HEAD, deep, RESPONSE, end(b"")))
+    assert FixtureIndex([fixture]).match(Incoming.from_request(fixture.request)) == fixture
+
+
 ERRORS: list[tuple[str, list[Any], int, str]] = [
     ("bad json", [HEAD, "{nope", RESPONSE], 2, "bad JSON: "),
     ("nan", [HEAD, REQUEST, RESPONSE | {"t": "NaN"}], 3, "'t' must be a number, got a string"),
     ("nan constant", [HEAD, REQUEST, '{"type":"response","t":NaN,"status":200}'], 3, "bad JSON"),
     ("array", [HEAD, "[1]"], 2, "a record must be a JSON object, got an array"),
+    ("null", [HEAD, "null"], 2, "a record must be a JSON object, got null"),
+    ("deep", [HEAD, '{"type":"request","json":' + "[" * 5000 + "]" * 5000 + "}"], 2, "nested"),
+    ("deep ok", [HEAD, REQUEST | {"json": {"a": _nested(101)}}], 2, "deeper than 100 levels"),
     ("no type", [HEAD, {"method": "GET"}], 2, "record has no 'type'"),
     ("unknown type", [HEAD, {"type": "chunky"}], 2, "unknown record type 'chunky'"),
     ("empty", [], 1, "missing 'fixture' record"),

@@ -156,6 +156,15 @@ def test_lint_reports_duplicate_ids_and_ambiguity_per_folder(
     assert (status, out) == (0, "")
 
 
+def test_lint_a_deeply_nested_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    lines = (FIXTURES / "chat-hello.jsonl").read_text().splitlines()
+    lines[1] = '{"type":"request","json":' + "[" * 100_000 + "]" * 100_000 + "}"
+    (tmp_path / "chat-hello.jsonl").write_text("\n".join(lines) + "\n")
+    status, out, _ = run(capsys, "lint", str(tmp_path))
+    assert status == 1
+    assert out == f"{tmp_path / 'chat-hello.jsonl'}:2: JSON nested deeper than 100 levels\n"
+
+
 def test_lint_bad_paths(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     status, _, err = run(capsys, "lint", str(tmp_path))
     assert status == 2

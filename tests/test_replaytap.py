@@ -41,6 +41,9 @@ def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (["--speed", "fast"], "--speed must be a number"),
         (["--speed", "-1"], "--speed must be 0"),
+        (["--speed", "nan"], "--speed must be 0 .* got 'nan'"),
+        (["--speed", "inf"], "--speed must be 0 .* got 'inf'"),
+        (["--speed", "-inf"], "--speed must be 0"),
         (["--fixtures", "/nonexistent/dir"], "not a directory"),
         (["--bogus"], "bogus"),
         (["--listen", "garbage"], "^--listen garbage: not a usable endpoint"),
@@ -50,6 +53,14 @@ def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_flags_are_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(usage.UsageError, match=message):
         parse("--fixtures", str(FIXTURES), *argv)
+
+
+def test_a_deeply_nested_fixture_line_is_a_file_line_problem(tmp_path: Path) -> None:
+    lines = (FIXTURES / "chat-hello.jsonl").read_text().splitlines()
+    lines[1] = '{"type":"request","json":' + "[" * 100_000 + "]" * 100_000 + "}"
+    (tmp_path / "deep.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(usage.UsageError, match=r"deep\.jsonl:2: JSON nested deeper than"):
+        parse("--fixtures", str(tmp_path))
 
 
 def test_malformed_fixture_names_file_and_line(tmp_path: Path) -> None:
