@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -125,18 +124,38 @@ async def test_each_recorded_chunk_is_its_own_http_chunk(
     assert all(name.lower() != "authorization" for name, _ in entry.headers)
 
 
-@pytest.mark.parametrize("speed", [1.0, 2.0])
+@pytest.mark.parametrize("speed", [1.0, 3.0, 0.5])
 @pytest_twisted.ensureDeferred
 async def test_timing_follows_speed(
     start_replay: Callable[..., RunningReplay], fixture_dir: Path, speed: float
 ) -> None:
-    replay = start_replay(fixture_dir, speed=speed)
-    response = await send(replay, chat())
-    times = [t for t, _ in response.chunks]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    expected = 0.3 / speed
-    # generous bounds: proves pacing, not scheduler precision
-    assert all(expected * 0.6 < gap < expected * 3 for gap in gaps), gaps
+    # The clock is injected, so "when" is exact: each recorded chunk (t = 20, 320, 620,
+    # 920 ms) goes out at t / speed, not a millisecond before, and in time.  A server that
+    # ignored --speed (or applied it twice) fails at 3 and 0.5; no scheduler jitter can.
+    clock = Clock()
+    replay = start_replay(fixture_dir, speed=speed, clock=clock)
+    _, done = fetch(reactor, replay.port, chat())
+    await _until(lambda: bool(clock.getDelayedCalls()))
+    [entry] = replay.journal.entries
+    for i, recorded_ms in enumerate([20, 320, 620, 920]):
+        due = recorded_ms / 1000 / speed
+        clock.advance(due - 0.001 - clock.seconds())
+        assert entry.bytes_sent == sum(map(len, CHAT_FRAMES[:i])), (i, clock.seconds())
+        clock.advance(0.002)
+        assert entry.bytes_sent == sum(map(len, CHAT_FRAMES[: i + 1])), (i, clock.seconds())
+    clock.advance(1.0 / speed)  # the recorded end, at 1220 ms
+    response = await done
+    assert response.complete
+    assert [data for _, data in response.chunks] == CHAT_FRAMES  # each its own HTTP chunk
+    assert clock.getDelayedCalls() == []
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(300):
+        if predicate():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the condition never became true")
 
 
 @pytest.mark.parametrize(
