@@ -140,7 +140,8 @@ def test_a_malformed_token_file_names_its_line(tmp_path: Path) -> None:
     assert message.startswith(f"{tokens}:3:") and "secret-token" not in message
 
 
-def test_demo_ignores_auth_flags() -> None:
+def test_demo_refuses_a_public_listener() -> None:
+    # The demo has no auth: it must not listen beyond loopback (test_proxytap has the table).
     options = Options(environ={})
-    options.parseOptions(["--demo", *PUBLIC])
-    assert options["demo"]
+    with pytest.raises(usage.UsageError, match="--demo"):
+        options.parseOptions(["--demo", *PUBLIC])
