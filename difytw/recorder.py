@@ -7,9 +7,9 @@ how it ended -- and appends it to a fixture file.  Three promises:
   (``how: "reset"``, ``incomplete: true``) follows it; the next chunk overwrites it.  A
   proxy killed mid-stream leaves a fixture that says it was cut short.
 - **Secrets never reach the disk**, even one split across two reads: chunks pass a
-  ``StreamingScrubber`` that holds back the last ``window`` bytes, scrubs the joined
-  bytes and cuts them again at the original read boundaries (``difytw.scrub``).  The
-  price is that the last few KiB of a live recording land on disk a little later.
+  ``StreamingScrubber`` that holds back a read only while what ends it could still start
+  a secret (``app-Ab``, ``Bear``, an open JSON string as short as the user), scrubs the
+  joined bytes and cuts them again at the original read boundaries (``difytw.scrub``).
 - **Recording never disturbs the stream**: a write error marks the recording failed
   (the caller logs it) and every later call is a no-op.  The file is cut back to its last
   good provisional ``end`` (a full disk can leave half a line), or removed when not even
@@ -30,52 +30,7 @@ from pathlib import Path
 
 from difytw.fixture import MatchRules, Request, Response
 from difytw.fixturewrite import FixtureWriter
-from difytw.scrub import Rule, scrub_bytes, scrub_chunks, scrub_text
-
-# Longest secret we promise to catch across reads: a JWT bearer token fits in this.
-SCRUB_WINDOW = 4096
-
-
-class StreamingScrubber:
-    """Scrubs a stream of timed reads, releasing a read once enough bytes follow it."""
-
-    def __init__(self, rules: Sequence[Rule], window: int = SCRUB_WINDOW) -> None:
-        self.rules = list(rules)
-        self.window = window
-        self.applied: set[str] = set()
-        self._held: list[tuple[float, bytes]] = []
-        self._after_first = 0  # bytes held behind the oldest held read
-
-    def push(self, t: float, data: bytes) -> list[tuple[float, bytes]]:
-        if not data:
-            return []
-        self._held.append((t, data))
-        if len(self._held) > 1:
-            self._after_first += len(data)
-        if self._after_first < self.window:
-            return []
-        self._scrub_held()
-        released: list[tuple[float, bytes]] = []
-        while len(self._held) > 1 and self._after_first >= self.window:
-            released.append(self._held.pop(0))
-            self._after_first -= len(self._held[0][1])
-        return [(t, d) for t, d in released if d]
-
-    def flush(self) -> list[tuple[float, bytes]]:
-        self._scrub_held()
-        released, self._held, self._after_first = self._held, [], 0
-        return [(t, d) for t, d in released if d]
-
-    def _scrub_held(self) -> None:
-        # Held reads are replaced by their scrubbed pieces, so a secret that a later
-        # window sees only the tail of was already replaced whole (placeholders never
-        # match a rule), and a boundary inside a secret moved before its placeholder.
-        times = [t for t, _ in self._held]
-        pieces, applied = scrub_chunks([d for _, d in self._held], self.rules, keep_empty=True)
-        self.applied |= applied
-        self._held = list(zip(times, pieces, strict=True))
-        self._after_first = sum(len(d) for _, d in self._held[1:])
-
+from difytw.scrub import Rule, StreamingScrubber, scrub_bytes, scrub_text
 
 # Request headers worth keeping in a fixture: what Dify acts on, never credentials.
 RECORDED_HEADERS = ("content-type", "accept", "x-trace-id", "traceparent")
