@@ -38,7 +38,10 @@ class FixtureWriter:
     """Appends a fixture to a text stream a record at a time, flushing each line.
 
     A recorder writes the head when the response starts, one chunk per read, then the end
-    record, whose byte count and hash the writer keeps as the chunks go by.
+    record, whose byte count and hash the writer keeps as the chunks go by.  The ``fixture``
+    line is padded with spaces to the width it would have listing ``reserve`` (every name a
+    recorder might list, in order), so that ``fixture_line`` gives a same-width line to
+    rewrite it in place with the scrub rules that turned out to apply.
     """
 
     def __init__(
@@ -50,13 +53,27 @@ class FixtureWriter:
         response: Response,
         notes: str = "",
         scrubbed: tuple[str, ...] = (),
+        reserve: tuple[str, ...] = (),
     ) -> None:
         self._out = out
         self._size = 0
         self._hash = hashlib.sha256()
-        self._write(_fixture_record(fixture_id, provenance, notes, scrubbed))
+        self._head = (fixture_id, provenance, notes)
+        self._width = max(
+            len(_line(_fixture_record(*self._head, names)).encode())
+            for names in (scrubbed, reserve)
+        )
+        self._write_line(self.fixture_line(scrubbed))
         self._write(_request_record(request))
         self._write(_response_record(response))
+
+    def fixture_line(self, scrubbed: tuple[str, ...]) -> str:
+        """The ``fixture`` line listing ``scrubbed``, padded to the width reserved."""
+        line = _line(_fixture_record(*self._head, scrubbed))
+        pad = self._width - len(line.encode())
+        if pad < 0:
+            raise ValueError("scrubbed names beyond those reserved")
+        return line[:-1] + " " * pad + "\n"
 
     def chunk(self, t: float, data: bytes) -> None:
         self._size += len(data)
@@ -67,7 +84,10 @@ class FixtureWriter:
         self._write(_end_record(End(t, how, self._size, self._hash.hexdigest(), incomplete)))
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._out.write(_line(record))
+        self._write_line(_line(record))
+
+    def _write_line(self, line: str) -> None:
+        self._out.write(line)
         self._out.flush()
 
 

@@ -16,7 +16,6 @@ goes on, and the file keeps the recorder's provisional ``end`` (reset, incomplet
 from __future__ import annotations
 
 import itertools
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from difytw.fixture import Fixture, FixtureError, load
 from difytw.headers import client_response_headers
 from difytw.recorder import MAX_RECORDED_BODY, ExchangeRecorder, fixture_name, recorded_request
 from difytw.relay import BodyObserver, RelayEnd
-from difytw.scrub import Rule, rules_for, scrub_text
+from difytw.scrub import Rule, literal_rule, rules_for
 from difytw.stopper import body_user, query_user
 
 _log = Logger()
@@ -49,7 +48,7 @@ class FolderError(ValueError):
 def key_rule(api_key: str) -> Rule:
     """A rule for the upstream key itself: the default rule only knows ``app-`` keys of
     letters and digits, and a key of any other shape must not reach the disk either."""
-    return Rule("upstream-key", re.compile(re.escape(api_key.encode("utf-8"))), b"app-scrubbed")
+    return literal_rule("upstream-key", api_key.encode("utf-8"), b"app-scrubbed")
 
 
 class RecordFolder:
@@ -115,7 +114,7 @@ class RecordFolder:
             if size <= MAX_RECORDED_BODY:
                 user = body_user(content_type.encode("latin-1"), data) or user
         rules = rules_for(user, self.extra_rules)
-        request, note = recorded_request(
+        request, note, scrubbed = recorded_request(
             method.decode("latin-1"), path, query, pairs, data, rules, size=size
         )
         started = self.now()
@@ -127,6 +126,7 @@ class RecordFolder:
             now=self.now,
             provenance=self.provenance,
             notes=note,
+            scrubbed=scrubbed,
         )
         return RecordingTap(recorder)
 
@@ -148,9 +148,9 @@ class RecordingTap:
         return self.recorder.path
 
     def response(self, status: int, headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> None:
-        # Values are scrubbed too: a header may echo a token as well as a body can.
+        # The recorder scrubs the values (a header may echo a token as well as a body can).
         kept = [
-            (name.decode("latin-1"), scrub_text(value.decode("latin-1"), self.recorder.rules)[0])
+            (name.decode("latin-1"), value.decode("latin-1"))
             for name, values in client_response_headers(headers, stream=False)
             if name.lower() not in _NOT_RECORDED
             for value in values

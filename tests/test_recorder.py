@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from difytw.fixture import Request, load
+from difytw.fixture import Request, load, loads
 from difytw.recorder import ExchangeRecorder, fixture_name, recorded_request
 from difytw.scrub import StreamingScrubber, parse_rule, rules_for, scrub_bytes
 
@@ -116,16 +116,16 @@ def test_recorded_request_keeps_only_safe_headers_and_scrubs() -> None:
         ("X-Trace-Id", "tr"),
     ]
     body = b'{"query":"hi","user":"alice","inputs":{}}'
-    request, note = recorded_request(
+    request, note, applied = recorded_request(
         "POST", "/v1/chat-messages", "user=alice", headers, body, rules_for("alice")
     )
     assert request.headers == (("Content-Type", "application/json"), ("X-Trace-Id", "tr"))
     assert request.json == {"query": "hi", "user": "scrubbed-user", "inputs": {}}
-    assert request.query == "user=scrubbed-user" and note == ""
+    assert request.query == "user=scrubbed-user" and note == "" and applied == {"user"}
 
 
 def test_big_bodies_are_noted_not_stored() -> None:
-    request, note = recorded_request(
+    request, note, _ = recorded_request(
         "POST",
         "/v1/files/upload",
         "",
@@ -187,9 +187,65 @@ def test_streaming_scrubber_equals_scrubbing_the_whole(
 
 
 @pytest.mark.parametrize("user", [None, "bob"])
-def test_rules_named_in_the_fixture_record(tmp_path: Path, user: str | None) -> None:
+def test_the_fixture_record_names_the_rules_that_matched(tmp_path: Path, user: str | None) -> None:
     rec = recorder(tmp_path, Clock(), user=user)
     rec.response(200, SSE)
     rec.end("eof")
-    names = load(rec.path).scrubbed
-    assert "dify-app-key" in names and ("user" in names) == (user is not None)
+    assert load(rec.path).scrubbed == ()  # nothing matched: nothing listed
+    other = ExchangeRecorder(
+        tmp_path,
+        "rec-2",
+        request=Request("GET", "/v1/parameters"),
+        rules=rules_for(user),
+        now=Clock(),
+        scrubbed=["user"] if user else [],  # as recorded_request found it in the request
+    )
+    other.response(200, [*SSE, ("X-Echo", "Bearer tok3n-abcdefgh")])
+    assert load(other.path).scrubbed == ("bearer-token", *(["user"] if user else []))
+    other.chunk(b'data: {"answer":"' + KEY[:10])
+    other.chunk(KEY[10:] + b'"}\n\n')
+    killed = load(other.path)  # the line was rewritten in place as soon as the key went out
+    assert "dify-app-key" in killed.scrubbed and b"app-scrubbed" in killed.body()
+    other.end("eof")
+    assert load(other.path).scrubbed == (
+        "bearer-token",
+        "dify-app-key",
+        *(["user"] if user else []),
+    )
+
+
+def test_a_recording_killed_after_any_write_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each append (chunk lines and the new end) is one write: a kill between two writes
+    always leaves a fixture, never a file that stops difyreplay from starting."""
+    writes: list[tuple[int, bytes]] = []  # (offset, the file as a kill right after leaves it)
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        written = real_pwrite(fd, data, offset)
+        writes.append((offset, rec.path.read_bytes()))
+        return written
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    clock = Clock()
+    rec = recorder(tmp_path, clock)
+    rec.response(200, SSE)
+    reads = [
+        b'data: {"answer":"' + KEY + b'"}\n\n',
+        b"event: ping\n\n",
+        b'data: {"user":"alice"}\n\n',
+    ]
+    for read in reads:
+        before = len(writes)
+        clock.t += 0.1
+        rec.chunk(read)
+        appends = [offset for offset, _ in writes[before:] if offset > 0]
+        assert len(appends) == 1 and len(writes) - before <= 2  # + the fixture line
+    rec.end("reset")
+    final = load(rec.path)
+    assert final.body() == scrub_bytes(b"".join(reads), rules_for("alice"))[0]
+    assert final.scrubbed == ("dify-app-key", "user")
+    for _, raw in writes:
+        cut = loads(raw.decode("utf-8"))
+        assert cut.end.incomplete and final.body().startswith(cut.body())
