@@ -133,7 +133,8 @@ def _user_rules(user: str) -> list[Rule]:
         # A key (followed by ':') stays, and so does the value of "event", which names the
         # event type (dify-contract.md 2.1): a user called "message" must not rename events.
         after = data[m.end() : m.end() + 8].lstrip(b" \t")
-        if after.startswith(b":") or data[: m.start()].rstrip(b" \t").endswith(b'"event":'):
+        before = data[max(0, m.start() - CONTEXT) : m.start()].rstrip(b" \t")
+        if after.startswith(b":") or before.endswith(b'"event":'):
             return False
         try:
             return bool(json.loads(token) == user)
