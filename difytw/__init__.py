@@ -6,7 +6,7 @@ Module map (imports point one way, top to bottom; each module's docstring says w
 - pure logic over them: ``fixtureindex``, ``faults``, ``blocking``, ``streamwatch``,
   ``scrub``, ``recorder``, ``uri``, ``headers``, ``uploads``, and the access decisions
   (``auth``, ``authconfig``, ``identity``, ``formuser``, ``allowlist``, ``limits``, ``cors``,
-  ``refusal``);
+  ``refusal``), and what the replay server refuses first (``replaychecks``);
 - the fixture toolbox (pure): ``eventcatalog``, ``streamlint``, ``fixturelint``,
   ``fixtureshow``, ``pacing``, ``transcript``, ``har``, ``harimport``, ``fixturecli``;
 - Twisted glue: ``relay`` (body bytes with backpressure), ``upstream`` (the treq client),

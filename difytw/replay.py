@@ -1,8 +1,8 @@
 """The replay server: a fake Dify that serves recorded exchanges faithfully.
 
-``ReplayApp`` is a klein application.  For each request it checks the key the
-way Dify does (dify-contract.md 1.1), finds the fixture that matches
-(``FixtureIndex``), and replays it: the recorded status and headers, then
+``ReplayApp`` is a klein application.  For each request it runs the checks Dify
+runs (the key, the JSON body: ``difytw.replaychecks``), finds the fixture that
+matches (``FixtureIndex``), and replays it: the recorded status and headers, then
 every recorded chunk with its own ``request.write`` at its recorded offset
 divided by ``speed``, ending as recorded (clean EOF, a TCP reset, or a stall).
 Faults from ``X-Replay-Fault`` reshape that plan (``difytw.faults``).  A
@@ -22,11 +22,9 @@ so no ``DelayedCall`` outlives its connection.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -38,46 +36,27 @@ from twisted.web.server import Site
 
 from difytw import blocking, uploads
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
-from difytw.faults import FAULT_HEADER, FAULT_QUERY_PARAM, FaultError, Faults, plan_writes
+from difytw.faults import FAULT_HEADER, plan_writes
 from difytw.fixture import Fixture
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch
 from difytw.journal import Journal, JournalEntry, allowed_headers
 from difytw.passthrough import Passthrough, RecordMode
 from difytw.playback import Playback
 from difytw.recordfolder import RecordingTap
+from difytw.replaychecks import (
+    STOP_ROUTE,
+    body_is_read,
+    check_generation,
+    check_key,
+    fault_error,
+    faults_of,
+    is_json_route,
+    json_body,
+    wants_blocking,
+)
 from difytw.uri import RequestTarget
 
 log = Logger()
-
-# Routes that take `response_mode` (dify-contract.md 1.2); Dify streams only
-# when the value is exactly "streaming", so absent means blocking.
-MODE_ROUTES = ("/chat-messages", "/completion-messages", "/workflows/run")
-# The three stop endpoints (dify-contract.md 1.2 and 4).
-STOP_ROUTE = re.compile(
-    r"^/v1/(?:chat-messages|completion-messages|workflows/tasks)/(?P<task>[^/]+)/stop$"
-)
-# The largest body read for matching; a JSON route refuses a bigger one with 413 rather
-# than match it as empty (Dify's own nginx stops far smaller bodies, contract 3).
-MAX_BODY = 16 << 20
-TOO_LARGE = "The data value transmitted exceeds the capacity limit."  # Werkzeug's 413
-# Werkzeug's UnsupportedMediaType from get_json() on another Content-Type.
-NOT_JSON = (
-    "Did not attempt to load JSON data because the request Content-Type was not 'application/json'."
-)
-# Statuses a `status=CODE` fault answers with, as Dify names them (section 3).
-FAULT_CODES = {
-    400: ("invalid_param", "Injected fault: invalid parameter."),
-    401: ("unauthorized", "Access token is invalid"),
-    403: ("forbidden", "The app's API service has been disabled."),
-    404: ("not_found", "Conversation Not Exists."),
-    413: ("file_too_large", "File size exceeded."),
-    415: ("unsupported_file_type", "File type not allowed."),
-    429: ("too_many_requests", "Too many requests. Please try again later."),
-    500: ("internal_server_error", "Internal Server Error, please contact support."),
-    502: ("bad_gateway", "Bad Gateway"),
-    503: ("service_unavailable", "Service Unavailable"),
-    504: ("gateway_timeout", "Gateway Timeout"),
-}
 
 
 class ReplayApp:
@@ -172,18 +151,17 @@ class ReplayApp:
     def _answer(
         self, request: IRequest, entry: JournalEntry, path: str, query: str, length: int
     ) -> Any:
-        entry.auth = self._check_key(request)
-        faults, query = self._faults(request, query)
+        entry.auth = check_key(request.getHeader(b"authorization"), self.api_key)
+        fault_spec = (request.getHeader(FAULT_HEADER.encode()) or b"").decode("latin-1")
+        faults, query = faults_of(fault_spec, query)
         entry.fault = faults.spec
         assert request.content is not None
-        json_route = self._json_route(request.method, path)
+        json_route = is_json_route(request.method, path, self.index)
         body = b""
-        if length <= MAX_BODY:
+        if body_is_read(length, json_route=json_route):
             body = request.content.read()
             request.content.seek(0)
-        elif json_route:
-            raise DifyError(413, "request_entity_too_large", TOO_LARGE)
-        payload = _json_body(request.getHeader(b"content-type"), body) if json_route else None
+        payload = json_body(request.getHeader(b"content-type"), body) if json_route else None
         stop = STOP_ROUTE.match(path)
         if stop is not None and request.method == b"POST":
             if self.record_mode is not RecordMode.NONE and stop.group("task") not in self.playbacks:
@@ -206,11 +184,10 @@ class ReplayApp:
                 404, "not_found", miss.message, nearest=[list(pair) for pair in miss.nearest]
             ) from None
         entry.fixture = fixture.id
-        _check_generation(path, payload)
+        check_generation(path, payload)
         if faults.status is not None:
-            code, message = FAULT_CODES.get(faults.status, ("injected_fault", "Injected fault."))
-            raise DifyError(faults.status, code, message)
-        if fixture.response.is_stream and _wants_blocking(path, payload):
+            raise fault_error(faults.status)
+        if fixture.response.is_stream and wants_blocking(path, payload):
             status, folded = blocking.fold(fixture.body())
             return self._send_json(request, entry, status, folded)
         plan = plan_writes(
@@ -289,41 +266,6 @@ class ReplayApp:
         body = json.dumps({"result": "success"}).encode()
         return self._send_json(request, entry, 200, body)
 
-    def _json_route(self, method: bytes, path: str) -> bool:
-        if method == b"POST" and (path.endswith(MODE_ROUTES) or STOP_ROUTE.match(path)):
-            return True
-        return self.index.expects_json(method.decode("latin-1"), path)
-
-    def _check_key(self, request: IRequest) -> str:
-        # Dify's validate_and_get_api_token (dify-contract.md 1.1).  Real Dify never
-        # answers without a well-formed Bearer, so neither does its stand-in: a client
-        # that forgets the header must fail here, not first in production.
-        header = request.getHeader(b"authorization")
-        if header is None or b" " not in header:
-            raise DifyError(
-                401, "unauthorized", "Authorization header must be provided and start with 'Bearer'"
-            )
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer":
-            raise DifyError(401, "unauthorized", "Authorization scheme must be 'Bearer'")
-        # Twisted strips header values, so a token here is never empty.
-        if self.api_key is None:
-            return "unchecked"  # no --api-key: any key is one this fake knows
-        if not hmac.compare_digest(token.strip(), self.api_key.encode("utf-8")):
-            raise DifyError(401, "unauthorized", "Access token is invalid")
-        return "ok"
-
-    def _faults(self, request: IRequest, query: str) -> tuple[Faults, str]:
-        spec = (request.getHeader(FAULT_HEADER.encode()) or b"").decode("latin-1")
-        if FAULT_QUERY_PARAM in query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            spec = ",".join([spec, *(v for k, v in pairs if k == FAULT_QUERY_PARAM)])
-            query = urlencode([(k, v) for k, v in pairs if k != FAULT_QUERY_PARAM])
-        try:
-            return Faults.parse(spec), query
-        except FaultError as e:
-            raise DifyError(400, "invalid_param", f"Bad {FAULT_HEADER}: {e}") from None
-
     def _upload(
         self, request: IRequest, entry: JournalEntry, content_type: bytes, length: int
     ) -> bytes:
@@ -389,53 +331,5 @@ def _warn_incomplete(fixture: Fixture, how: str) -> None:
     )
 
 
-def _json_body(content_type: bytes | None, body: bytes) -> Any:
-    """The body of a JSON route, read as Flask's ``get_json()`` does (dify-contract.md 1.1)."""
-    mimetype = (content_type or b"").partition(b";")[0].strip().lower()
-    if not (
-        mimetype == b"application/json"
-        or (mimetype.startswith(b"application/") and mimetype.endswith(b"+json"))
-    ):
-        raise DifyError(415, "unsupported_media_type", NOT_JSON)
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        message = "Invalid JSON payload received or JSON payload is empty."
-        raise DifyError(400, "invalid_param", message) from None
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-# A fake Dify's stand-in for "Query or prefix prompt is too long": real apps hit the
-# model's context limit; a question this long has no business in a chat box.
-MAX_QUERY_CHARS = 20_000
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _check_generation(path: str, payload: Any) -> None:
-    """What Dify refuses before it starts a run (answered as JSON, never a stream)."""
-    if not isinstance(payload, dict) or not path.endswith(MODE_ROUTES):
-        return
-    query = payload.get("query", "")
-    if not isinstance(query, str):
-        raise DifyError(400, "invalid_param", "query must be a string.")
-    if _CONTROL.search(query):
-        # Dify stores the query in PostgreSQL text columns, which refuse NUL outright.
-        raise DifyError(400, "invalid_param", "query must not contain control characters.")
-    if len(query) > MAX_QUERY_CHARS:
-        raise DifyError(
-            400,
-            "completion_request_error",
-            "Query or prefix prompt is too long, you can reduce the prefix prompt, or shrink "
-            "the max token, or switch to a llm with a larger token limit size.",
-        )
-    if "inputs" in payload and not isinstance(payload["inputs"], dict):
-        raise DifyError(400, "invalid_param", "inputs must be an object.")
-
-
-def _wants_blocking(path: str, payload: Any) -> bool:
-    if not isinstance(payload, dict) or not path.endswith(MODE_ROUTES):
-        return False
-    return payload.get("response_mode") != "streaming"

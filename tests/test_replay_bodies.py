@@ -98,7 +98,7 @@ async def test_a_json_body_over_a_mebibyte_still_matches(
 async def test_a_json_body_over_the_cap_is_413(
     start_replay: Callable[..., RunningReplay], fixture_dir: Path
 ) -> None:
-    from difytw.replay import MAX_BODY
+    from difytw.replaychecks import MAX_BODY
 
     replay = start_replay(fixture_dir)
     body = json.dumps({**HELLO, "files": [{"x": "a" * MAX_BODY}]}).encode()
