@@ -1,22 +1,25 @@
 """The ``sse-fixture/1`` format: one recorded (or authored) Dify exchange per JSONL file.
 
-This module owns the fixture data model and reading it: validation reports every problem
-as ``path:line: problem``.  Writing (the canonical form and the live appender a recorder
-uses) lives in ``difytw.fixturewrite``.  Pure: stdlib and ``difytw.sse`` only.  The format
-reference is docs/fixture-format.md.
+This module owns the fixture data model and the loader that assembles a file's records
+into it (order, timing, the ``end`` check); validation reports every problem as
+``path:line: problem``.  One line as a typed record, and the ``chunk``/``event`` body
+records, are ``difytw.fixturerecord``.  Writing (the canonical form and the live appender
+a recorder uses) lives in ``difytw.fixturewrite``.  Pure: stdlib and ``difytw.fixturerecord``
+only.  The format reference is docs/fixture-format.md.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from difytw import sse
+# FixtureError is this module's too: load() and loads() raise it, and their callers
+# import it from here.
+from difytw.fixturerecord import FixtureError as FixtureError
+from difytw.fixturerecord import Record, chunk_data, compact_json, event_bytes
 
 FORMAT = "sse-fixture/1"
 # Keys that change on every real request, so they never take part in matching by default.
@@ -31,21 +34,8 @@ DEFAULT_IGNORE = (
 END_HOWS = ("eof", "reset", "timeout")
 # Credentials are never recorded: a fixture directory is committed and shared.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-# Far deeper than any Dify request or record; see _Record.parse.
-MAX_NESTING = 100
-_TOO_DEEP = f"JSON nested deeper than {MAX_NESTING} levels"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class FixtureError(ValueError):
-    """A fixture file is invalid; ``str()`` is ``path:line: problem`` (line 1-based)."""
-
-    def __init__(self, path: str, line: int, problem: str) -> None:
-        super().__init__(f"{path}:{line}: {problem}")
-        self.path = path
-        self.line = line
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -135,16 +125,6 @@ class Fixture:
         return b"".join(chunk.data for chunk in self.chunks)
 
 
-def compact_json(value: Any) -> bytes:
-    """orjson-style JSON (new Dify, dify-contract.md 2.1): no spaces, raw UTF-8."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def spaced_json(value: Any) -> bytes:
-    """Python ``json.dumps`` defaults (old Dify, 2.1): ``", "``/``": "``, ``\\uXXXX`` escapes."""
-    return json.dumps(value).encode("ascii")
-
-
 def end_for(body: bytes, t: float, how: str = "eof", incomplete: bool = False) -> End:
     """The ``end`` record that vouches for ``body``."""
     return End(t, how, len(body), hashlib.sha256(body).hexdigest(), incomplete)
@@ -172,7 +152,7 @@ def loads(text: str, source: str = "<string>") -> Fixture:
     """Parse and validate one fixture; raise :class:`FixtureError` naming the line."""
     # Split on LF only: str.splitlines() would also split inside JSON strings at U+2028 etc.
     records = [
-        _Record.parse(source, number, line)
+        Record.parse(source, number, line)
         for number, line in enumerate(text.split("\n"), 1)
         if line.strip()
     ]
@@ -201,7 +181,9 @@ def loads(text: str, source: str = "<string>") -> Fixture:
             if rec.kind == "end":
                 end = _end(rec, t, b"".join(c.data for c in chunks))
             else:
-                chunks.append(Chunk(t, _chunk_data(rec) if rec.kind == "chunk" else _event(rec)))
+                chunks.append(
+                    Chunk(t, chunk_data(rec) if rec.kind == "chunk" else event_bytes(rec))
+                )
         else:
             raise rec.fail(f"{rec.kind!r} record out of order (after the response)")
     if end is None:
@@ -222,129 +204,7 @@ def loads(text: str, source: str = "<string>") -> Fixture:
     )
 
 
-class _Record:
-    """One parsed line: typed field access whose failures name the line."""
-
-    KINDS = ("fixture", "request", "response", "chunk", "event", "end")
-
-    def __init__(self, source: str, line: int, obj: dict[str, Any], label: str) -> None:
-        self.source, self.line, self.obj, self.label = source, line, obj, label
-        self.kind = label
-
-    @classmethod
-    def parse(cls, source: str, line: int, text: str) -> _Record:
-        def no_constant(name: str) -> None:
-            raise ValueError(f"{name} is not JSON")
-
-        try:
-            obj = json.loads(text, parse_constant=no_constant)
-        except ValueError as e:
-            raise FixtureError(source, line, f"bad JSON: {e}") from None
-        except RecursionError:
-            raise FixtureError(source, line, _TOO_DEEP) from None
-        if _deeper_than(obj, MAX_NESTING):
-            # Matching, writing and lint walk a record recursively: a record nested near
-            # the interpreter's limit would stop them with a RecursionError.
-            raise FixtureError(source, line, _TOO_DEEP)
-        if not isinstance(obj, dict):
-            raise FixtureError(source, line, f"a record must be a JSON object, got {_kind(obj)}")
-        kind = obj.get("type")
-        if kind not in cls.KINDS:
-            problem = "record has no 'type'" if kind is None else f"unknown record type {kind!r}"
-            raise FixtureError(source, line, problem)
-        return cls(source, line, obj, kind)
-
-    def fail(self, problem: str) -> FixtureError:
-        return FixtureError(self.source, self.line, problem)
-
-    def nested(self, name: str) -> _Record:
-        return _Record(self.source, self.line, self.get(name, dict, "an object", {}), name)
-
-    def only(self, *allowed: str) -> None:
-        unknown = sorted(set(self.obj) - set(allowed) - {"type"})
-        if unknown:
-            raise self.fail(f"{self.label}: unknown field {unknown[0]!r}")
-
-    def get(self, name: str, kind: type | tuple[type, ...], what: str, default: Any = ...) -> Any:
-        if name not in self.obj or (self.obj[name] is None and default is not ...):
-            if default is ...:
-                raise self.fail(f"{self.label}: missing field {name!r}")
-            return default
-        value = self.obj[name]
-        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
-            raise self.fail(f"{self.label}: {name!r} must be {what}, got {_kind(value)}")
-        return value
-
-    def text(self, name: str, default: Any = ...) -> Any:
-        return self.get(name, str, "a string", default)
-
-    def number(self, name: str) -> float:
-        value = float(self.get(name, (int, float), "a number"))
-        if value < 0:
-            raise self.fail(f"{self.label}: {name!r} must not be negative, got {value:g}")
-        return value
-
-    def strings(self, name: str, default: Any = ...) -> Any:
-        items = self.get(name, list, "a list of strings", default)
-        if items is default:
-            return items
-        if not all(isinstance(item, str) for item in items):
-            raise self.fail(f"{self.label}: {name!r} must be a list of strings")
-        return tuple(items)
-
-    def pairs(self, name: str) -> tuple[tuple[str, str], ...]:
-        items = self.get(name, list, "a list of [name, value] pairs", [])
-        for item in items:
-            if not (
-                isinstance(item, list) and len(item) == 2 and all(isinstance(s, str) for s in item)
-            ):
-                raise self.fail(
-                    f"{self.label}: {name!r} entries must be [name, value] string pairs"
-                )
-        return tuple((n, v) for n, v in items)
-
-    def b64(self, name: str) -> bytes:
-        try:
-            return base64.b64decode(self.text(name), validate=True)
-        except ValueError as e:
-            # binascii.Error, and plain ValueError for non-ASCII characters.
-            raise self.fail(f"{self.label}: {name!r} is not valid base64 ({e})") from None
-
-    def utf8(self, name: str) -> bytes:
-        try:
-            return str(self.text(name)).encode("utf-8")
-        except UnicodeEncodeError:
-            raise self.fail(f"{self.label}: {name!r} is not valid UTF-8 (lone surrogate)") from None
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests arrays and objects more than ``limit`` deep (no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in _children(item))
-    return False
-
-
-def _children(item: dict[str, Any] | list[Any]) -> Any:
-    return item.values() if isinstance(item, dict) else item
-
-
-def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "a number")
-
-
-def _fixture_head(rec: _Record) -> tuple[str, str, str, tuple[str, ...]]:
+def _fixture_head(rec: Record) -> tuple[str, str, str, tuple[str, ...]]:
     rec.only("format", "id", "provenance", "notes", "scrubbed")
     fmt = rec.text("format")
     if fmt != FORMAT:
@@ -355,7 +215,7 @@ def _fixture_head(rec: _Record) -> tuple[str, str, str, tuple[str, ...]]:
     return fixture_id, rec.text("provenance"), rec.text("notes", ""), rec.strings("scrubbed", ())
 
 
-def _request(rec: _Record) -> Request:
+def _request(rec: Record) -> Request:
     rec.only("method", "path", "query", "headers", "json", "text", "b64", "match")
     method, path, query = rec.text("method"), rec.text("path"), rec.text("query", "")
     if not method or not path.startswith("/") or "?" in path:
@@ -384,7 +244,7 @@ def _request(rec: _Record) -> Request:
     return Request(method, path, query, headers, None, body, False, match)
 
 
-def _response(rec: _Record) -> Response:
+def _response(rec: Record) -> Response:
     rec.only("t", "status", "headers")
     status = rec.get("status", int, "an integer")
     if not 100 <= status <= 599:
@@ -392,49 +252,7 @@ def _response(rec: _Record) -> Response:
     return Response(rec.number("t"), status, rec.pairs("headers"))
 
 
-def _chunk_data(rec: _Record) -> bytes:
-    rec.only("t", "text", "b64")
-    if ("text" in rec.obj) == ("b64" in rec.obj):
-        raise rec.fail("chunk: needs exactly one of 'text' and 'b64'")
-    return rec.utf8("text") if "text" in rec.obj else rec.b64("b64")
-
-
-def _event(rec: _Record) -> bytes:
-    """Expand an authored event record to the bytes Dify would write (one chunk)."""
-    rec.only("t", "event", "data", "style", "comment")
-    if "comment" in rec.obj:
-        if {"event", "data", "style"} & set(rec.obj):
-            raise rec.fail("event: 'comment' cannot be combined with event, data or style")
-        return _sse(rec, lambda: sse.encode_comment(rec.text("comment")))
-    name = rec.text("event", "message")
-    data = rec.get("data", (dict, str), "an object or a string", None)
-    style = rec.text("style", None)
-    if style is not None and not isinstance(data, dict):
-        raise rec.fail("event: 'style' applies only to object data")
-    if style not in (None, "compact", "spaced"):
-        raise rec.fail(f"event: style {style!r} is not 'compact' or 'spaced'")
-    if data is None:
-        if "event" not in rec.obj:
-            raise rec.fail("event: needs 'event', 'data' or 'comment'")
-        if not name or "\n" in name or "\r" in name:
-            raise rec.fail(f"event: bad event name {name!r}")
-        # Dify's keep-alive is a bare ``event: ping`` block with no data line (contract 2.1);
-        # sse.encode always writes a data line so that the event dispatches, hence by hand.
-        return f"event: {name}\n\n".encode()
-    if isinstance(data, dict):
-        data = (spaced_json if style == "spaced" else compact_json)(data).decode("utf-8")
-    payload = str(data)
-    return _sse(rec, lambda: sse.encode(sse.Event(data=payload, event=name)))
-
-
-def _sse(rec: _Record, encode: Any) -> bytes:
-    try:
-        return bytes(encode())
-    except ValueError as e:
-        raise rec.fail(f"event: cannot encode: {e}") from None
-
-
-def _end(rec: _Record, t: float, body: bytes) -> End:
+def _end(rec: Record, t: float, body: bytes) -> End:
     rec.only("t", "how", "bytes", "sha256", "incomplete")
     how = rec.text("how")
     if how not in END_HOWS:
