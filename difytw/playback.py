@@ -6,7 +6,7 @@ client's transport pushes back (it is the request's push producer), ends as the
 plan says, and can be stopped early the way Dify stops a task (a final
 ``message_end`` or ``workflow_finished`` with ``status: "stopped"``,
 dify-contract.md 4).  It keeps at most one ``DelayedCall`` and cancels it the
-moment the client leaves.
+moment the client leaves.  ``RunningPlaybacks`` finds the streams a stop call names.
 """
 
 from __future__ import annotations
@@ -202,6 +202,39 @@ class Playback:
         if self.pending is not None and self.pending.active():
             self.pending.cancel()
         self.pending = None
+
+
+class RunningPlaybacks:
+    """The streams in flight by task id, so a stop call can find them (contract 4)."""
+
+    def __init__(self) -> None:
+        self._by_task: dict[str, list[Playback]] = {}
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._by_task
+
+    def __len__(self) -> int:
+        return len(self._by_task)
+
+    def add(self, playback: Playback) -> None:
+        """Track ``playback`` until it ends; one without a task id cannot be stopped."""
+        if playback.task_id is None:
+            return
+        self._by_task.setdefault(playback.task_id, []).append(playback)
+        playback.on_end.append(self._forget)
+
+    def stop(self, task_id: str, user: str) -> list[int]:
+        """Stop ``user``'s streams of ``task_id``; the journal ids of those it stopped."""
+        running = list(self._by_task.get(task_id, []))
+        return [p.entry.id for p in running if p.user == user and p.stop()]
+
+    def _forget(self, playback: Playback) -> None:
+        assert playback.task_id is not None
+        running = self._by_task.get(playback.task_id, [])
+        if playback in running:
+            running.remove(playback)
+        if not running:
+            self._by_task.pop(playback.task_id, None)
 
 
 def _task(fixture: Fixture) -> tuple[str | None, list[dict[str, Any]]]:

@@ -41,7 +41,7 @@ from difytw.fixture import Fixture
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch
 from difytw.journal import Journal, JournalEntry, allowed_headers
 from difytw.passthrough import Passthrough, RecordMode
-from difytw.playback import Playback
+from difytw.playback import Playback, RunningPlaybacks
 from difytw.recordfolder import RecordingTap
 from difytw.replaychecks import (
     STOP_ROUTE,
@@ -78,8 +78,7 @@ class ReplayApp:
         self.speed = speed
         self.api_key = api_key
         self.journal = journal if journal is not None else Journal()
-        # Streams in flight by task id, so a stop call can find them.
-        self.playbacks: dict[str, list[Playback]] = {}
+        self.playbacks = RunningPlaybacks()
         # `once` is settled by what the directory held at startup (VCR.py's rule).
         self.record_mode = record_mode.resolved(bool(index.fixtures))
         if self.record_mode is not RecordMode.NONE and passthrough is None:
@@ -202,10 +201,7 @@ class ReplayApp:
         playback = Playback(
             request, fixture, plan, self.clock, entry, self.journal, user=_text(user)
         )
-        if playback.task_id is not None:
-            running = self.playbacks.setdefault(playback.task_id, [])
-            running.append(playback)
-            playback.on_end.append(self._forget)
+        self.playbacks.add(playback)
         return playback.start()
 
     def _forward(
@@ -244,14 +240,6 @@ class ReplayApp:
             path=fixture.request.path,
         )
 
-    def _forget(self, playback: Playback) -> None:
-        assert playback.task_id is not None
-        running = self.playbacks.get(playback.task_id, [])
-        if playback in running:
-            running.remove(playback)
-        if not running:
-            self.playbacks.pop(playback.task_id, None)
-
     def _stop(self, request: IRequest, entry: JournalEntry, task_id: str, payload: Any) -> bytes:
         # Dify: `user` is required; a stop for an unknown task or another
         # user's task is silently a no-op that still answers success
@@ -259,9 +247,7 @@ class ReplayApp:
         user = payload.get("user") if isinstance(payload, dict) else None
         if not isinstance(user, str) or not user:
             raise DifyError(400, "invalid_param", "Arg user must be provided.")
-        stopped = [
-            p.entry.id for p in list(self.playbacks.get(task_id, [])) if p.user == user and p.stop()
-        ]
+        stopped = self.playbacks.stop(task_id, user)
         entry.stop = {"task_id": task_id, "user": user, "stopped": stopped}
         body = json.dumps({"result": "success"}).encode()
         return self._send_json(request, entry, 200, body)
