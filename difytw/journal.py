@@ -10,11 +10,13 @@ the exchange ended (``completed``, ``client_closed`` at byte N, ``reset``,
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
 
 # Request headers worth showing in a journal; everything else is dropped so a
 # secret sent by mistake never lands in a log or a test report.
@@ -88,6 +90,31 @@ class Journal:
         self._next_id += 1
         self.entries.append(entry)
         return entry
+
+    def open_request(self, request: IRequest, path: str, query: str, at: float) -> JournalEntry:
+        """An entry for ``request`` as it arrived: allow-listed headers, credentials only
+        counted, the body's size and SHA-256 (its position left at the start)."""
+        content = request.content
+        assert content is not None
+        content.seek(0, 2)
+        length = content.tell()
+        content.seek(0)
+        digest = hashlib.sha256()
+        while block := content.read(1 << 20):
+            digest.update(block)
+        content.seek(0)
+        return self.open(
+            time=at,
+            method=request.method.decode("latin-1"),
+            path=path,
+            query=query,
+            headers=allowed_headers(request.requestHeaders.getAllRawHeaders()),
+            authorization_values=len(request.requestHeaders.getRawHeaders(b"authorization", [])),
+            cookie=request.requestHeaders.hasHeader(b"cookie"),
+            auth="missing",  # until the key check says otherwise
+            body_sha256=digest.hexdigest(),
+            body_bytes=length,
+        )
 
     def close(self, entry: JournalEntry, outcome: str, at: float) -> None:
         if entry.ended_at is not None:

@@ -21,7 +21,6 @@ so no ``DelayedCall`` outlives its connection.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -39,7 +38,7 @@ from difytw.errors import JSON_CONTENT_TYPE, DifyError
 from difytw.faults import FAULT_HEADER, plan_writes
 from difytw.fixture import Fixture
 from difytw.fixtureindex import FixtureIndex, Incoming, NoMatch
-from difytw.journal import Journal, JournalEntry, allowed_headers
+from difytw.journal import Journal, JournalEntry
 from difytw.passthrough import Passthrough, RecordMode
 from difytw.playback import Playback, RunningPlaybacks
 from difytw.recordfolder import RecordingTap
@@ -121,29 +120,9 @@ class ReplayApp:
         # The raw request target, not klein's decoded path: a fixture records
         # what was on the wire.
         raw_path, _, raw_query = request.uri.decode("latin-1").partition("?")
-        content = request.content
-        assert content is not None
-        content.seek(0, 2)
-        length = content.tell()
-        content.seek(0)
-        digest = hashlib.sha256()
-        while block := content.read(1 << 20):
-            digest.update(block)
-        content.seek(0)
-        entry = self.journal.open(
-            time=self.clock.seconds(),
-            method=request.method.decode("latin-1"),
-            path=raw_path,
-            query=raw_query,
-            headers=allowed_headers(request.requestHeaders.getAllRawHeaders()),
-            authorization_values=len(request.requestHeaders.getRawHeaders(b"authorization", [])),
-            cookie=request.requestHeaders.hasHeader(b"cookie"),
-            auth="missing",  # until _check_key says otherwise
-            body_sha256=digest.hexdigest(),
-            body_bytes=length,
-        )
+        entry = self.journal.open_request(request, raw_path, raw_query, self.clock.seconds())
         try:
-            return self._answer(request, entry, raw_path, raw_query, length)
+            return self._answer(request, entry, raw_path, raw_query, entry.body_bytes)
         except DifyError as error:
             return self._error(request, entry, error)
 
