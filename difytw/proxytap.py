@@ -20,11 +20,12 @@ from twisted.python import usage
 
 from difytw.accessoptions import AccessOptions
 from difytw.authconfig import listens_on_loopback
+from difytw.listening import ListeningService, check_listen
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.recordfolder import FolderError, RecordFolder
 from difytw.scrub import Rule, RuleError, parse_rule
 from difytw.uri import normalize_prefix, normalize_upstream
-from difytw.web import ListeningService, check_listen, demo_service
+from difytw.web import demo_service
 
 KEY_ENV = "DIFY_API_KEY"
 BACKLOG = 1024  # Twisted's default of 50 overflows when ~1000 clients connect at once

@@ -23,13 +23,13 @@ from twisted.web.client import HTTPConnectionPool
 from difytw.authconfig import listens_on_loopback
 from difytw.fixture import FixtureError
 from difytw.fixtureindex import FixtureIndex
+from difytw.listening import ListeningService, check_listen
 from difytw.passthrough import Passthrough, RecordMode
 from difytw.recordfolder import FolderError, RecordFolder
 from difytw.replay import ReplayApp
 from difytw.scrub import Rule, RuleError, parse_rule
 from difytw.upstream import tls_policy, upstream_client
 from difytw.uri import normalize_upstream
-from difytw.web import ListeningService, check_listen
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1:backlog=1024"
 KEY_ENV = "DIFY_API_KEY"  # the real key, for recording only; never a flag value (ps shows those)

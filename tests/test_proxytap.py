@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import LogEvent, LogLevel
 from twisted.python import usage
 
+from difytw.listening import ListeningService
 from difytw.proxy import ProxyConfig
 from difytw.proxytap import (
     DEFAULT_LISTEN,
@@ -25,7 +26,6 @@ from difytw.proxytap import (
     parse_size,
     with_backlog,
 )
-from difytw.web import ListeningService
 from tests.rawhttp import build_request
 from tests.rawhttp import fetch as raw_fetch
 
