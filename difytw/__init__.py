@@ -8,6 +8,7 @@ Module map (imports point one way, top to bottom; each module's docstring says w
   ``scrub``, ``recorder``, ``uri``, ``headers``, ``uploads``, and the access decisions
   (``auth``, ``authconfig``, ``identity``, ``formuser``, ``allowlist``, ``limits``, ``cors``,
   ``refusal``), and what the replay server refuses first (``replaychecks``);
+- ``twist`` option values: ``optionvalues`` (sizes, durations, the app key's source);
 - the fixture toolbox (pure): ``eventcatalog``, ``streamlint``, ``fixturelint``,
   ``fixtureshow``, ``pacing``, ``transcript``, ``har``, ``harimport``, ``fixturecli``;
 - Twisted glue: ``relay`` (body bytes with backpressure), ``upstream`` (the treq client),

@@ -2,7 +2,8 @@
 
 Shared by ``twist difyproxy`` (and its ``--demo``) and ``twist difyreplay``: an endpoint
 string that could never listen is a usage error while options are parsed
-(:func:`check_listen`); one that cannot be used at startup (the port is taken) ends
+(:func:`check_listen`); a tcp/ssl/unix endpoint that names no backlog gets a large one
+(:func:`with_backlog`); one that cannot be used at startup (the port is taken) ends
 ``twist`` with one clear line (:func:`listen_or_exit`); :class:`ListeningService` serves a
 factory while the service runs.  Each service that starts routes library log records into
 ``twisted.logger`` first (:func:`route_library_logs`).
@@ -11,6 +12,7 @@ factory while the service runs.  Each service that starts routes library log rec
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from twisted.application.service import Service
@@ -25,6 +27,10 @@ from twisted.python.failure import Failure
 from difytw.authconfig import listen_fields
 
 log = Logger()
+
+BACKLOG = 1024  # Twisted's default of 50 overflows when ~1000 clients connect at once
+# Endpoint types whose listen() takes a backlog.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
 
 
 def cannot_listen_message(error: CannotListenError) -> str:
@@ -136,3 +142,11 @@ class ListeningService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port is not None else None
+
+
+def with_backlog(endpoint: str) -> str:
+    """Add ``backlog=1024`` to a listening endpoint that takes one and names none."""
+    kind = endpoint.split(":", 1)[0].lower()
+    if kind in _BACKLOG_TYPES and not re.search(r"(^|:)backlog=", endpoint):
+        return f"{endpoint}:backlog={BACKLOG}"
+    return endpoint
