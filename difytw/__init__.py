@@ -13,7 +13,8 @@ Module map (imports point one way, top to bottom; each module's docstring says w
   ``fixtureshow``, ``pacing``, ``transcript``, ``har``, ``harimport``, ``fixturecli``;
 - Twisted glue: ``relay`` (body bytes with backpressure), ``upstream`` (the treq client),
   ``journal``, ``playback``, ``stopper``, ``usage``, ``recordfolder``, ``access``,
-  ``accesslog``, ``listening`` (``--listen`` endpoints, shared by both ``twist`` plugins);
+  ``accesslog``, ``proxysite`` (difyproxy's Site: refusals before any route),
+  ``listening`` (``--listen`` endpoints, shared by both ``twist`` plugins);
 - the two klein applications: ``proxy`` and ``replay`` (with ``passthrough`` for recording);
 - ``web`` -- the offline demo (page + proxy + in-process replay);
 - ``proxytap`` / ``replaytap`` (+ ``accessoptions``) -- ``twist`` options and services,

@@ -8,14 +8,14 @@ status (nginx's 499 when the client left before any response head), body bytes, 
 the response head, duration, outcome and whether the client left early.  No header is
 logged, so neither the app key nor a client's Authorization can reach a log.
 
-The answers given before any route runs live here too: the 413 above, ``ProxyChannel``'s
-400/431 for requests Twisted cannot parse, and ``TargetGate``'s refusal of unsafe
-request-targets, each logged with its Dify error code as the outcome.
+``answer_error`` gives Dify's JSON error as a route's complete answer; ``ProxyRequest.refuse``
+answers before any route runs (the 413 above, and ``proxysite``'s refusals), each logged
+with its Dify error code as the outcome.
 """
 
 from __future__ import annotations
 
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
@@ -23,13 +23,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import INonQueuedRequestFactory, IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.iweb import INonQueuedRequestFactory
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from difytw.errors import JSON_CONTENT_TYPE, DifyError
-from difytw.uri import RequestTarget
 
 access_log = Logger(namespace="difytw.access")
 
@@ -230,98 +228,6 @@ class ProxyRequestFactory:
         return ProxyRequest(channel, clock=self.clock, max_body=self.max_body)
 
 
-class ProxyChannel(http.HTTPChannel):
-    """Twisted's HTTP/1.1 channel, with Dify's JSON (and an access line) for bad requests.
-
-    Twisted answers a request it cannot parse -- a bad Content-Length, Content-Length with
-    Transfer-Encoding, a method that is not a token, too many or too large headers -- with
-    a bare ``400 Bad Request`` and no log line, and a line over ``MAX_LENGTH`` with a
-    silent close.  Every one of them goes through ``_respondToBadRequestAndDisconnect``
-    or ``lineLengthExceeded``, so those two answer through ``ProxyRequest.refuse``
-    instead; what went wrong is read from the channel's own counters.
-    """
-
-    _refusing = False
-    _bad_framing = False
-
-    # Once refused, nothing more is parsed: a second error must not answer twice, and a
-    # request after it must not be served on a connection that is closing.
-    def dataReceived(self, data: bytes) -> None:
-        if not self._refusing:
-            super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-    def lineReceived(self, line: bytes) -> None:
-        if not self._refusing:
-            super().lineReceived(line)  # type: ignore[no-untyped-call]
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if not self._refusing:
-            super().rawDataReceived(data)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._refuse(
-            DifyError(
-                431,
-                "request_header_fields_too_large",
-                f"A request line or header field is longer than {self.MAX_LENGTH} bytes.",
-            )
-        )
-
-    def _failChooseTransferDecoder(self) -> bool:
-        self._bad_framing = True
-        return super()._failChooseTransferDecoder()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self._refuse(self._what_was_wrong())
-
-    def _what_was_wrong(self) -> DifyError:
-        if self._receivedHeaderCount > self.maxHeaders:
-            message = f"The request has more than {self.maxHeaders} header fields."
-            return DifyError(431, "request_header_fields_too_large", message)
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            message = f"The request's header section is larger than {self.totalHeadersSize} bytes."
-            return DifyError(431, "request_header_fields_too_large", message)
-        if self._bad_framing:
-            message = (
-                "The request's Content-Length or Transfer-Encoding is invalid, or both are "
-                "given (RFC 9112 section 6)."
-            )
-        elif not hasattr(self, "_command"):
-            message = "The request line is not 'METHOD TARGET HTTP/1.1' with a token METHOD."
-        else:
-            message = "The request is not valid HTTP/1.1 (a header field or the chunked body)."
-        return DifyError(400, "bad_request", message)
-
-    def _refuse(self, error: DifyError) -> None:
-        if self._refusing:
-            return
-        self._refusing = True
-        requests: list[Any] = self.requests
-        if not requests:  # refused before its request line was complete
-            requests.append(self.requestFactory(self))
-        request = requests[-1]
-        if isinstance(request, ProxyRequest):
-            request.refuse(error)
-        else:  # another request class: Twisted's own answer
-            super()._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]
-
-
-class ProxySite(Site):
-    """A ``Site`` whose requests are ``ProxyRequest``; its own access log replaces Site's.
-
-    Site's combined-log line is not structured and would duplicate the one
-    ``ProxyRequest`` emits, so ``log`` is a no-op here.  Connections are
-    ``ProxyChannel`` (HTTP/1.1 only: difyproxy does not negotiate HTTP/2).
-    """
-
-    # Twisted's default wraps the channel for HTTP/2 negotiation, which is never used
-    # here; the annotation names that private wrapper, so it is ignored.
-    protocol = ProxyChannel  # type: ignore[assignment]
-
-    def log(self, request: http.Request) -> None:
-        pass
-
-
 def answer_error(request: ProxyExchange, error: DifyError) -> bytes:
     """Dify's JSON error body, as the complete answer to ``request``."""
     body = error.body()
@@ -331,20 +237,3 @@ def answer_error(request: ProxyExchange, error: DifyError) -> bytes:
     request.head_at = request.clock.seconds()
     request.outcome = error.code
     return body
-
-
-class TargetGate(Resource):
-    """Refuses unsafe request-targets before klein (werkzeug) decodes or redirects them."""
-
-    isLeaf = True
-
-    def __init__(self, inner: IResource) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._inner = inner
-
-    def render(self, request: IRequest) -> Any:
-        try:
-            RequestTarget.parse(request.uri)
-        except DifyError as error:
-            return answer_error(cast(ProxyExchange, request), error)
-        return self._inner.render(request)

@@ -41,15 +41,10 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from difytw.access import AccessGate, AccessPolicy
-from difytw.accesslog import (
-    ProxyExchange,
-    ProxyRequestFactory,
-    ProxySite,
-    TargetGate,
-    answer_error,
-)
+from difytw.accesslog import ProxyExchange, ProxyRequestFactory, answer_error
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
 from difytw.headers import client_response_headers, is_event_stream
+from difytw.proxysite import ProxySite, TargetGate
 from difytw.recordfolder import RecordFolder
 from difytw.relay import BodyObserver, BodyRelay, RelayEnd
 from difytw.stopper import (

@@ -36,11 +36,12 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from difytw.access import AccessPolicy
-from difytw.accesslog import ProxyRequestFactory, ProxySite
+from difytw.accesslog import ProxyRequestFactory
 from difytw.errors import JSON_CONTENT_TYPE
 from difytw.fixtureindex import FixtureIndex
 from difytw.listening import check_listen, listen_or_exit, route_library_logs
 from difytw.proxy import ProxyApp, ProxyConfig
+from difytw.proxysite import ProxySite
 from difytw.replay import ReplayApp
 
 log = Logger()
