@@ -41,10 +41,10 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from difytw.access import AccessGate, AccessPolicy
-from difytw.accesslog import ProxyExchange, ProxyRequestFactory, answer_error
+from difytw.accesslog import ProxyExchange, answer_error
 from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
 from difytw.headers import client_response_headers, is_event_stream
-from difytw.proxysite import ProxySite, TargetGate
+from difytw.proxysite import ProxySite, TargetGate, proxy_site
 from difytw.recordfolder import RecordFolder
 from difytw.relay import BodyObserver, BodyRelay, RelayEnd
 from difytw.stopper import (
@@ -167,14 +167,11 @@ class ProxyApp:
         return TargetGate(self.app.resource())
 
     def site(self) -> ProxySite:
-        factory = ProxyRequestFactory(clock=self._clock, max_body=self.config.max_body)
-        # parsePOSTFormSubmission=False: Twisted would otherwise read a whole multipart
-        # body into memory (request.args) before the proxy sees the request.
-        return ProxySite(  # type: ignore[no-untyped-call]
+        return proxy_site(
             self.resource(),
-            requestFactory=factory,
             reactor=self._reactor,
-            parsePOSTFormSubmission=False,
+            clock=self._clock,
+            max_body=self.config.max_body,
         )
 
     @app.handle_errors(DifyError)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from difytw.accesslog import ProxyExchange, ProxyRequest, answer_error
+from difytw.accesslog import ProxyExchange, ProxyRequest, ProxyRequestFactory, answer_error
 from difytw.errors import DifyError
 from difytw.uri import RequestTarget
 
@@ -110,6 +111,17 @@ class ProxySite(Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+
+def proxy_site(root: IResource, *, reactor: Any, clock: IReactorTime, max_body: int) -> ProxySite:
+    """A ``ProxySite`` serving ``root``, every request a ``ProxyRequest`` (body limit, one
+    access-log line) on ``clock``."""
+    factory = ProxyRequestFactory(clock=clock, max_body=max_body)
+    # parsePOSTFormSubmission=False: Twisted would otherwise read a whole multipart
+    # body into memory (request.args) before the proxy sees the request.
+    return ProxySite(  # type: ignore[no-untyped-call]
+        root, requestFactory=factory, reactor=reactor, parsePOSTFormSubmission=False
+    )
 
 
 class TargetGate(Resource):

@@ -36,12 +36,11 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from difytw.access import AccessPolicy
-from difytw.accesslog import ProxyRequestFactory
 from difytw.errors import JSON_CONTENT_TYPE
 from difytw.fixtureindex import FixtureIndex
 from difytw.listening import check_listen, listen_or_exit, route_library_logs
 from difytw.proxy import ProxyApp, ProxyConfig
-from difytw.proxysite import ProxySite
+from difytw.proxysite import proxy_site
 from difytw.replay import ReplayApp
 
 log = Logger()
@@ -160,10 +159,7 @@ def start_demo(reactor: Any, *, speed: float = 1.0) -> Demo:
     root.putChild(b"_demo", DemoRoutes(replay))
     # The proxy's request class (body limit, one access-log line per exchange) for every
     # request, page files included, as ProxyApp.site() does for the proxy alone.
-    factory = ProxyRequestFactory(clock=reactor, max_body=config.max_body)
-    site = ProxySite(  # type: ignore[no-untyped-call]
-        root, requestFactory=factory, reactor=reactor, parsePOSTFormSubmission=False
-    )
+    site = proxy_site(root, reactor=reactor, clock=reactor, max_body=config.max_body)
     site.displayTracebacks = False
     log.info("demo Dify (replay server) on {upstream}", upstream=upstream)
     return Demo(replay, replay_port, proxy, site)
