@@ -15,6 +15,7 @@ Module map (imports point one way, top to bottom; each module's docstring says w
   ``journal``, ``playback``, ``stopper``, ``usage``, ``recordfolder``, ``access``,
   ``accesslog``, ``proxysite`` (difyproxy's Site: refusals before any route),
   ``listening`` (``--listen`` endpoints, shared by both ``twist`` plugins);
+- ``forward`` (one admitted request upstream and back, relayed);
 - the two klein applications: ``proxy`` and ``replay`` (with ``passthrough`` for recording);
 - ``web`` -- the offline demo (page + proxy + in-process replay);
 - ``proxytap`` / ``replaytap`` (+ ``accessoptions``) -- ``twist`` options and services,

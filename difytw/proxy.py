@@ -1,27 +1,17 @@
 """The difyproxy klein application: Dify's API behind your server, key injected, streamed.
 
-Per request: the raw target is vetted before any router sees it (``uri``), the headers are
-filtered both ways (``headers``), the body goes upstream from Twisted's spool through
-``relay.UploadBody`` (no parse, no second copy), and the answer's body is relayed read by
-read (``relay.BodyRelay``) with the upstream socket as the client's producer.  Everything
-that can go wrong has its own Dify-shaped answer (spec item 7): 502
-``upstream_unavailable`` when upstream cannot be reached, 504 ``upstream_timeout`` when
-upstream stays silent before its response head, and once a stream has started, a final
-``error`` frame (``upstream_idle_timeout`` / ``upstream_disconnected`` /
-``stream_duration_exceeded``) because the status line is gone (dify-contract.md section 9.13).
-
-Every stream is watched on the side (``streamwatch``, fed after each write) and bounded by
-``--max-stream-duration``.  When a stream ends before its terminal event because the client
-left or the proxy gave up on it, the run is stopped upstream (``stopper``, issue 7); every
-finished stream leaves one usage line (``usage``).  With ``--record DIR`` every exchange is
-also teed into a fixture as it streams (``recordfolder``, issue 4).
+This module routes; ``forward`` relays.  Per request: the raw target is vetted before any
+router sees it (``proxysite.TargetGate``, with ``uri``), ``GET /healthz`` is answered here,
+a path outside the prefix answers Dify's 404 ``not_found``, the access gate admits or
+refuses the caller (``access``, issue 6), and what it admits goes to
+``forward.Forwarder``.  A ``DifyError`` raised on the way is answered as Dify's JSON error;
+any other exception as Dify's JSON 500 (the traceback to the log only).
 
 The reactor, clock and upstream agent are parameters; nothing here imports the global reactor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -32,43 +22,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import (
-    UNKNOWN_LENGTH,
-    IAgent,
-    IRequest,
-)
+from twisted.web.iweb import IAgent, IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from difytw.access import AccessGate, AccessPolicy
 from difytw.accesslog import ProxyExchange, answer_error
-from difytw.errors import JSON_CONTENT_TYPE, DifyError, error_frame
-from difytw.headers import client_response_headers, is_event_stream
+from difytw.errors import JSON_CONTENT_TYPE, DifyError
+from difytw.forward import Forwarder, ObserverFactory
 from difytw.proxysite import ProxySite, TargetGate, proxy_site
 from difytw.recordfolder import RecordFolder
-from difytw.relay import BodyObserver, BodyRelay, RelayEnd
-from difytw.stopper import (
-    MAX_BODY_FOR_USER,
-    RunRoute,
-    StopClient,
-    StopPolicy,
-    UpstreamRun,
-    body_user,
-    query_user,
-    run_route,
-)
-from difytw.upstream import (
-    cookieless_client,
-    tls_policy,
-    upload_body,
-    upstream_agent,
-    upstream_headers,
-    upstream_pool,
-    upstream_timeout,
-    upstream_unavailable,
-)
+from difytw.stopper import StopClient, StopPolicy
+from difytw.upstream import cookieless_client, tls_policy, upstream_agent, upstream_pool
 from difytw.uri import RequestTarget, UpstreamRoute
-from difytw.usage import log_usage
 
 __all__ = ["ProxyApp", "ProxyConfig"]
 
@@ -78,10 +44,6 @@ HEALTHZ = b"/healthz"
 # Werkzeug's snake-cased name, which is what Dify itself answers for an unexpected
 # exception (dify-contract.md section 3), so clients switch on one code whoever failed.
 INTERNAL_ERROR = "internal_server_error"
-# Statuses whose responses carry no body, so no Content-Length (RFC 9110 section 8.6).
-_BODYLESS = frozenset({204, 304})
-
-ObserverFactory = Callable[[ProxyExchange, bool], BodyObserver | None]
 
 
 @dataclass(frozen=True)
@@ -143,8 +105,6 @@ class ProxyApp:
             if cooperator is not None
             else Cooperator(scheduler=partial(reactor.callLater, 0))
         )
-        self._observe = observe
-        self._record = record  # --record DIR (issue 4): every exchange tees into a fixture
         self._gate = AccessGate(
             config.access,
             upstream=config.upstream,
@@ -154,7 +114,20 @@ class ProxyApp:
         )
         # Stop calls run on the reactor's time: they outlive the exchange the clock times.
         self._stopper = StopClient(cookieless_client(self._agent), self._key, clock=reactor)
-        self._stop_policy = StopPolicy(config.stop_on_disconnect, config.resume_workflows)
+        self._forwarder = Forwarder(
+            self._agent,
+            api_key=self._key,
+            clock=self._clock,
+            cooperator=self._cooperator,
+            gate=self._gate,
+            stopper=self._stopper,
+            stop_policy=StopPolicy(config.stop_on_disconnect, config.resume_workflows),
+            header_timeout=config.header_timeout,
+            idle_timeout=config.idle_timeout,
+            max_stream_duration=config.max_stream_duration,
+            observe=observe,
+            record=record,
+        )
 
     def close(self) -> Deferred[None]:
         """Let stop calls in flight end, then close idle pooled upstream connections."""
@@ -195,7 +168,7 @@ class ProxyApp:
         )
         if getattr(request, "startedWriting", False):
             # The status line is gone and the body is not whole: as for a cut body in
-            # _finish, only a dropped connection says so (a clean end would not).
+            # Forwarder._finish, only a dropped connection says so (a clean end would not).
             exchange.outcome = INTERNAL_ERROR
             exchange.loseConnection()
             return exchange.notifyFinish().addErrback(lambda _: None)
@@ -220,7 +193,7 @@ class ProxyApp:
         admitted = await self._gate.admit(request, target)  # refusals raise DifyError
         if admitted is None:
             return b""  # answered by the gate itself (a CORS preflight)
-        await self._proxy(request, self.route.url_for(admitted) or url)
+        await self._forwarder.forward(request, self.route.url_for(admitted) or url)
         return None
 
     def _healthz(self, request: ProxyExchange) -> bytes:
@@ -231,222 +204,3 @@ class ProxyApp:
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         request.head_at = self._clock.seconds()
         return body
-
-    def _upstream_run(self, request: ProxyExchange, url: bytes) -> UpstreamRun:
-        """What this request may start upstream, and the ``user`` it goes with."""
-        route = run_route(request.method, url)
-        path, _, query = request.uri.partition(b"?")
-        user = getattr(request, "dify_user", None)  # set by the access gate (issue 6)
-        if not isinstance(user, str):
-            # Only without the gate's user is it worth reading the query or parsing the
-            # body (up to 1 MiB of JSON, a second parse after the gate's) for the caller's.
-            user = self._caller_user(request, route, query)
-        elif route is not None and request.content is not None:
-            request.content.seek(0)  # where the body is read from next, as after a parse
-        return UpstreamRun(path.decode("latin-1"), route, user, self._clock.seconds())
-
-    @staticmethod
-    def _caller_user(request: ProxyExchange, route: RunRoute | None, query: bytes) -> str | None:
-        """The ``user`` the caller named, in the body for a run route, else the query.
-
-        A resumed run (``GET /workflow/{id}/events``) names it in the query (contract 1.2).
-        """
-        user = query_user(query)
-        content = request.content
-        if route is not None and not route.resumed and content is not None:
-            content.seek(0, 2)
-            if content.tell() <= MAX_BODY_FOR_USER:
-                content.seek(0)
-                content_type = request.requestHeaders.getRawHeaders(b"Content-Type", [None])[0]
-                user = body_user(content_type, content.read())
-            content.seek(0)
-        return user
-
-    async def _proxy(self, request: ProxyExchange, url: bytes) -> None:
-        run = self._upstream_run(request, url)
-        headers = upstream_headers(
-            request.requestHeaders.getAllRawHeaders(),
-            api_key=self._key,
-            client=request.getClientAddress(),
-            secure=request.isSecure(),
-        )
-
-        relay: BodyRelay | None = None
-        timed_out = False
-        left = False
-
-        def header_timeout() -> None:
-            nonlocal timed_out
-            timed_out = True
-            sending.cancel()
-
-        # --header-timeout bounds silence, not size: each body slice upstream accepts
-        # restarts it, so a 100 MB upload on a slow link is not a "timeout" while a
-        # stalled one, or a head that never comes after the body, is.
-        timer = self._clock.callLater(self.config.header_timeout, header_timeout)
-
-        def uploaded_a_slice() -> None:
-            if timer.active():
-                timer.reset(self.config.header_timeout)
-
-        # Made before the request leaves: a fixture's times count from the request.
-        tap = (
-            self._record.tap(
-                request.method,
-                url,
-                request.requestHeaders.getAllRawHeaders(),
-                request.content,
-                user=run.user,
-            )
-            if self._record is not None
-            else None
-        )
-        # An Agent follows no redirect (the client's business, with its own URL) and
-        # hands the body over unread: the relay below gets upstream's bytes as they come.
-        sending = self._agent.request(
-            request.method,
-            url,
-            headers,
-            upload_body(request.content, cooperator=self._cooperator, progress=uploaded_a_slice),
-        )
-
-        def client_left(reason: Failure) -> None:
-            nonlocal left
-            left = True
-            if relay is None:
-                sending.cancel()
-            else:
-                relay.stopProducing()  # spec item 6: upstream closes at once
-
-        # Fires when the exchange is over either way; after client_left it holds None.
-        finished = request.notifyFinish().addErrback(client_left)
-        try:
-            response = await sending
-        except Exception as error:
-            if left:
-                request.outcome = RelayEnd.CLIENT_GONE.value
-                return
-            if timed_out:
-                raise upstream_timeout(self.config.header_timeout) from None
-            _log.warn(
-                "upstream unavailable: {kind} for {method} {url}",
-                kind=type(error).__name__,
-                method=request.method.decode("ascii"),
-                url=url.partition(b"?")[0].decode("ascii"),
-                failure=Failure(),
-            )
-            raise upstream_unavailable(error) from None
-        finally:
-            if timer.active():
-                timer.cancel()
-
-        stream = is_event_stream(response.headers.getRawHeaders(b"Content-Type"))
-        request.setResponseCode(response.code, response.phrase)
-        request.defaultContentType = None  # never invent a type upstream did not send
-        for name, values in client_response_headers(
-            response.headers.getAllRawHeaders(), stream=stream
-        ):
-            request.responseHeaders.setRawHeaders(name, values)
-        self._gate.head(request)  # upstream's Access-Control-* out, this proxy's CORS in
-        if (
-            not stream
-            and response.length is not UNKNOWN_LENGTH
-            and response.code not in _BODYLESS
-            and request.method != b"HEAD"
-        ):
-            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
-        request.write(b"")  # the head goes out now, before the first event
-        request.head_at = self._clock.seconds()
-        observer = self._observer(request, stream, run)
-        if tap is not None:
-            # Upstream's own head (Set-Cookie is dropped by the tap), after the client's.
-            tap.response(response.code, response.headers.getAllRawHeaders())
-            observer = tap.observing(observer)  # each read, after its client write
-
-        relay = BodyRelay(
-            request.write,
-            clock=self._clock,
-            idle_timeout=self.config.idle_timeout,
-            max_duration=self.config.max_stream_duration if stream else None,
-            observer=observer,
-        )
-        request.registerProducer(relay, True)
-        response.deliverBody(relay)
-        # An open stream may idle for minutes: keep only what relaying it needs, not the
-        # response or the upstream request's headers.  ``sending`` (which the closures
-        # above still reference) keeps its result, so it is made to drop it.
-        sending.addCallback(lambda _: None)
-        del response, headers
-        end = await relay.done
-        if tap is not None:
-            tap.end(end)
-        finished_cleanly = self._finish(request, end, stream)
-        if stream:
-            self._stream_over(run, relay, end)
-        if not finished_cleanly:
-            # klein finishes the request when this handler returns; returning only once
-            # the connection is gone keeps it from ending a cut body cleanly.
-            await finished
-
-    def _observer(
-        self, request: ProxyExchange, stream: bool, run: UpstreamRun
-    ) -> BodyObserver | None:
-        """The stream's watch, as the relay's observer (with the test hook, if given)."""
-        watching = run.watch.feed if stream else None
-        extra = self._observe(request, stream) if self._observe is not None else None
-        if extra is None or watching is None:
-            return watching or extra
-
-        def both(data: bytes) -> None:
-            watching(data)
-            extra(data)
-
-        return both
-
-    def _stream_over(self, run: UpstreamRun, relay: BodyRelay, end: RelayEnd) -> None:
-        """Stop the run if it was abandoned (issue 7), and log the stream's usage."""
-        stopping = self._stop_policy.wants_stop(run, end)
-        if stopping:
-            # After the upstream socket is closed, so Dify sees the reader gone first.
-            relay.upstream_closed.addCallback(lambda _: self._stopper.stop(run))
-        log_usage(
-            run.watch,
-            user=run.user,
-            endpoint=run.endpoint,
-            end=end.value,
-            relayed=relay.relayed,
-            duration=self._clock.seconds() - run.started,
-            stop_call=stopping,
-        )
-
-    def _finish(self, request: ProxyExchange, end: RelayEnd, stream: bool) -> bool:
-        """End the client's side of the exchange; False while its connection is closing."""
-        request.outcome = end.value
-        if end is RelayEnd.CLIENT_GONE:
-            return False  # nothing to say to a client that is gone
-        request.unregisterProducer()
-        if end is RelayEnd.COMPLETED:
-            request.finish()
-            return True
-        if stream:
-            # The status line is long gone: Dify's way to fail a started stream is a final
-            # error frame (dify-contract.md section 2.5), then a clean end.
-            status = 504
-            if end is RelayEnd.IDLE_TIMEOUT:
-                message = (
-                    f"The upstream Dify API sent nothing for {self.config.idle_timeout:g} seconds."
-                )
-            elif end is RelayEnd.DURATION_EXCEEDED:
-                message = (
-                    f"The stream ran past the proxy's limit of "
-                    f"{self.config.max_stream_duration:g} seconds."
-                )
-            else:
-                status, message = 502, "The upstream Dify API closed the stream before it ended."
-            request.write(error_frame(status, end.value, message))
-            request.finish()
-            return True
-        # A non-stream body cut short: a clean end would pass off a truncated body as
-        # whole, so the only honest signal is a dropped connection.
-        request.loseConnection()
-        return False

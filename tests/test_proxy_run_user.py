@@ -6,11 +6,10 @@ import json
 from io import BytesIO
 from typing import Any, cast
 
-from twisted.internet.testing import MemoryReactorClock
 from twisted.web.http_headers import Headers
 
 from difytw.accesslog import ProxyExchange
-from difytw.proxy import ProxyApp, ProxyConfig
+from difytw.forward import upstream_run
 
 URL = b"http://127.0.0.1:5001/v1/chat-messages"
 
@@ -32,18 +31,11 @@ class FakeRequest:
         self.__dict__.update(extra)
 
 
-def app() -> ProxyApp:
-    return ProxyApp(
-        ProxyConfig(upstream="http://127.0.0.1:5001", api_key="app-" + "x" * 20),
-        reactor=MemoryReactorClock(),
-    )
-
-
 def test_the_gate_user_wins_and_the_body_is_not_parsed_again() -> None:
     request = FakeRequest(json.dumps({"user": "named"}).encode(), dify_user="enforced")
     request.content.read()  # the gate leaves the spool wherever its parse ended
     request.content.reads = 0
-    run = app()._upstream_run(cast(ProxyExchange, request), URL)
+    run = upstream_run(cast(ProxyExchange, request), URL, now=0.0)
     assert run.user == "enforced"
     assert request.content.reads == 0
     assert request.content.tell() == 0  # rewound for the upload and the recorder
@@ -51,7 +43,7 @@ def test_the_gate_user_wins_and_the_body_is_not_parsed_again() -> None:
 
 def test_without_the_gate_the_body_names_the_user() -> None:
     request = FakeRequest(json.dumps({"user": "named"}).encode())
-    run = app()._upstream_run(cast(ProxyExchange, request), URL)
+    run = upstream_run(cast(ProxyExchange, request), URL, now=0.0)
     assert run.user == "named"
     assert request.content.tell() == 0
 
@@ -60,7 +52,9 @@ def test_without_the_gate_or_a_json_user_the_query_names_it() -> None:
     request = FakeRequest(b"")
     request.uri = b"/dify/v1/parameters?user=from-query"
     request.method = b"GET"
-    run = app()._upstream_run(cast(ProxyExchange, request), b"http://127.0.0.1:5001/v1/parameters")
+    run = upstream_run(
+        cast(ProxyExchange, request), b"http://127.0.0.1:5001/v1/parameters", now=0.0
+    )
     assert run.user == "from-query"
 
 
@@ -72,6 +66,6 @@ def test_without_the_gate_a_resumed_run_takes_the_query_user() -> None:
     request.method = b"GET"
     request.uri = b"/dify/v1/workflow/" + run_id.encode() + b"/events?user=from-query"
     url = b"http://127.0.0.1:5001/v1/workflow/" + run_id.encode() + b"/events?user=from-query"
-    run = app()._upstream_run(cast(ProxyExchange, request), url)
+    run = upstream_run(cast(ProxyExchange, request), url, now=0.0)
     assert run.route is not None and run.route.resumed
     assert run.user == "from-query"
