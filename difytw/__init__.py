@@ -18,8 +18,8 @@ Module map (imports point one way, top to bottom; each module's docstring says w
 - ``forward`` (one admitted request upstream and back, relayed);
 - the two klein applications: ``proxy`` and ``replay`` (with ``passthrough`` for recording);
 - ``web`` -- the offline demo (page + proxy + in-process replay);
-- ``proxytap`` / ``replaytap`` (+ ``accessoptions``) -- ``twist`` options and services,
-  named by ``twisted/plugins/difytw_plugins.py``.
+- ``proxytap`` / ``replaytap`` (+ ``accessoptions``, ``proxyservices``) -- ``twist`` options
+  and services, named by ``twisted/plugins/difytw_plugins.py``.
 """
 
 __version__ = "0.1.0"

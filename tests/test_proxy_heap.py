@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from difytw.proxytap import ProxyServices
+from difytw.proxyservices import ProxyServices
 
 
 def test_startup_objects_are_frozen_while_the_service_runs() -> None:
@@ -20,7 +20,7 @@ def test_startup_objects_are_frozen_while_the_service_runs() -> None:
 
 
 def test_young_collections_are_batched_while_running_and_restored_after() -> None:
-    from difytw.proxytap import GC_THRESHOLDS
+    from difytw.proxyservices import GC_THRESHOLDS
 
     before = gc.get_threshold()
     service = ProxyServices()
