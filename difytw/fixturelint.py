@@ -132,7 +132,9 @@ def _secrets(data: bytes) -> Iterator[tuple[str, bytes]]:
 def _secrets_at(data: bytes) -> Iterator[tuple[str, bytes, int]]:
     for rule in DEFAULT_RULES:
         for match in rule.pattern.finditer(data):
-            yield rule.name, match.group(), match.start()
+            # The recorder's own output (``Bearer scrubbed``) is what a clean fixture holds.
+            if match.group() != rule.placeholder:
+                yield rule.name, match.group(), match.start()
 
 
 def _secret_problem(rule: str, secret: bytes) -> str:

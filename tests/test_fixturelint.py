@@ -15,6 +15,7 @@ from difytw.eventcatalog import family
 from difytw.fixture import Chunk, Fixture, Request, Response, end_for, load
 from difytw.fixturelint import Finding, lint_file, lint_text
 from difytw.fixturewrite import dumps
+from difytw.scrub import DEFAULT_RULES, scrub_bytes
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FILES = sorted(FIXTURES.glob("*.jsonl"))
@@ -130,6 +131,14 @@ def test_keys_and_bearer_tokens_anywhere_in_the_file() -> None:
     assert bearer.line == 2 and "Bearer token" in bearer.problem
     # Not secrets: the conftest test key, prose about the scheme.
     assert problems(fixture(GOOD, notes="app-test-key-not-a-secret, Bearer <app key>")) == []
+
+
+def test_what_the_recorder_scrubbed_is_clean() -> None:
+    # The scrubber's placeholders are what a recorded fixture holds; lint must pass them.
+    raw = f"Authorization: Bearer {KEY}; dataset-{'a1' * 12}; {KEY}".encode()
+    scrubbed, applied = scrub_bytes(raw, list(DEFAULT_RULES))
+    assert applied and problems(fixture(GOOD, body=scrubbed)) == []
+    assert problems(fixture(GOOD, body=raw)) != []
 
 
 def test_a_key_hidden_by_a_json_escape_or_in_a_b64_read() -> None:
