@@ -48,6 +48,9 @@ class Rule:
     group: int = 0
     keep: Callable[[re.Match[bytes]], bool] | None = None
     tail: re.Pattern[bytes] | None = None
+    # Where a match may start depends on everything before it (JSON string tokens), so a
+    # rescan must start at the lead; other rules start where the unreleased bytes do.
+    from_lead: bool = False
 
 
 def _pending(literal: bytes, then: bytes = b"", flags: int = 0) -> re.Pattern[bytes]:
@@ -157,6 +160,7 @@ def _user_rules(user: str) -> list[Rule]:
             b'"' + placeholder + b'"',
             keep=json_value,
             tail=re.compile(rb'"(?:[^"\\\r\n]|\\[^\r\n]){0,%d}(?:\\|"[ \t]*)?\Z' % longest),
+            from_lead=True,
         ),
         Rule(
             "user",
@@ -195,7 +199,10 @@ def _matches(data: bytes, rules: Sequence[Rule], skip: int) -> list[_Match]:
     earlier rule; none that start in the first ``skip`` bytes (the lead)."""
     found = []
     for index, rule in enumerate(rules):
-        for m in rule.pattern.finditer(data):
+        # Starting at ``skip`` keeps a match that began in released bytes (found and replaced
+        # already, or none) from swallowing the start of a secret after them; look-behinds
+        # such as ``(?<=bearer )`` still see the context before ``skip``.
+        for m in rule.pattern.finditer(data, 0 if rule.from_lead else skip):
             start, end = m.span(rule.group)
             if end > start and m.start() >= skip and (rule.keep is None or rule.keep(m)):
                 found.append((start, start - end, index, _Match(start, end, m.span(), rule)))
