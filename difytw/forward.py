@@ -32,7 +32,7 @@ from difytw.accesslog import ProxyExchange
 from difytw.errors import error_frame
 from difytw.headers import client_response_headers, is_event_stream
 from difytw.recordfolder import RecordFolder
-from difytw.relay import BodyObserver, BodyRelay, RelayEnd
+from difytw.relay import BodyObserver, BodyRelay, ReadScope, RelayEnd
 from difytw.stopper import (
     MAX_BODY_FOR_USER,
     RunRoute,
@@ -73,8 +73,10 @@ class Forwarder:
         max_stream_duration: float,
         observe: ObserverFactory | None = None,
         record: RecordFolder | None = None,
+        reads: ReadScope | None = None,
     ) -> None:
         self._agent = agent
+        self._reads = reads  # the upstream pool's read scope (relay.ReadScope)
         self._key = api_key
         self._clock = clock
         self._cooperator = cooperator
@@ -195,6 +197,7 @@ class Forwarder:
             idle_timeout=self._idle_timeout,
             max_duration=self._max_stream_duration if stream else None,
             observer=observer,
+            reads=self._reads,
         )
         request.registerProducer(relay, True)
         response.deliverBody(relay)

@@ -32,6 +32,7 @@ from difytw.errors import JSON_CONTENT_TYPE, DifyError
 from difytw.forward import Forwarder, ObserverFactory
 from difytw.proxysite import ProxySite, TargetGate, proxy_site
 from difytw.recordfolder import RecordFolder
+from difytw.relay import ReadScope
 from difytw.stopper import StopClient, StopPolicy
 from difytw.upstream import cookieless_client, tls_policy, upstream_agent, upstream_pool
 from difytw.uri import RequestTarget, UpstreamRoute
@@ -86,7 +87,9 @@ class ProxyApp:
         self._key = config.api_key.encode("ascii")
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
-        self._pool = upstream_pool(reactor)
+        # Upstream reads and the relays they feed share one scope: a read's chunks, one write.
+        self._reads = ReadScope()
+        self._pool = upstream_pool(reactor, self._reads)
         # The relay goes through the agent itself, not treq (see ``upstream``): treq
         # would inflate a gzip answer and drop its Content-Encoding.
         self._agent = (
@@ -127,6 +130,7 @@ class ProxyApp:
             max_stream_duration=config.max_stream_duration,
             observe=observe,
             record=record,
+            reads=self._reads,
         )
 
     def close(self) -> Deferred[None]:

@@ -19,14 +19,16 @@ calls whose answers are read rather than relayed (stop calls, the replay passthr
 - ``upstream_headers`` / ``upload_body``: what goes upstream of a client's request (its
   filtered headers with the key, its spooled body read in slices).
 - ``UpstreamPool``: a connection pool whose connection factory does not log
-  "Starting factory"/"Stopping factory" for every upstream connection.
+  "Starting factory"/"Stopping factory" for every upstream connection, and whose
+  connections run each socket read inside the pool's ``relay.ReadScope`` (so a relay
+  writes one read's chunks with one write).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from http.cookiejar import Cookie, CookiePolicy
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from cryptography import x509
 from OpenSSL.crypto import X509
@@ -40,9 +42,10 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.internet.task import Cooperator
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     URI,
     Agent,
@@ -63,7 +66,7 @@ from zope.interface import implementer
 
 from difytw.errors import DifyError
 from difytw.headers import upstream_request_headers
-from difytw.relay import UploadBody
+from difytw.relay import ReadScope, UploadBody
 
 # Idle pooled upstream connections kept per host; more are opened when streams overlap.
 # A burst of N concurrent streams leaves N connections; keeping only a few meant the next
@@ -166,24 +169,46 @@ class UpstreamEndpoints:
         raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
 
 
+class _ScopedHTTP11ClientProtocol(HTTP11ClientProtocol):
+    """Runs each socket read inside ``reads`` (see ``relay.ReadScope``)."""
+
+    def __init__(self, quiescentCallback: Callable[..., object], reads: ReadScope) -> None:
+        super().__init__(quiescentCallback)  # type: ignore[no-untyped-call]
+        self._reads = reads
+
+    def dataReceived(self, data: bytes) -> None:
+        self._reads.read(super().dataReceived, data)
+
+
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     # One factory per upstream connection: two log lines each would cost more than the
     # request's own access line.
     noisy = False
+    reads: ReadScope | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
+        if self.reads is None:
+            return super().buildProtocol(addr)
+        return _ScopedHTTP11ClientProtocol(self._quiescentCallback, self.reads)
 
 
 class UpstreamPool(HTTPConnectionPool):
-    """A persistent pool that keeps ``POOL_IDLE_PER_HOST`` idle connections and whose
-    connections open and close without a log line each."""
+    """A persistent pool that keeps ``POOL_IDLE_PER_HOST`` idle connections, whose
+    connections open and close without a log line each and read inside ``reads``."""
 
-    _factory = _QuietHTTP11ClientFactory
     maxPersistentPerHost = POOL_IDLE_PER_HOST
 
+    def __init__(self, reactor: Any, reads: ReadScope | None = None) -> None:
+        super().__init__(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        self.reads = reads
+        # The pool builds a factory per connection from a class: this pool's reads ride on it.
+        factory = type("ScopedFactory", (_QuietHTTP11ClientFactory,), {"reads": reads})
+        self._factory = cast("type[_QuietHTTP11ClientFactory]", factory)
 
-def upstream_pool(reactor: Any) -> HTTPConnectionPool:
-    """The proxy's persistent, quiet upstream connection pool."""
-    pool: HTTPConnectionPool = UpstreamPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
-    return pool
+
+def upstream_pool(reactor: Any, reads: ReadScope | None = None) -> HTTPConnectionPool:
+    """The proxy's persistent, quiet upstream connection pool (reading inside ``reads``)."""
+    return UpstreamPool(reactor, reads)
 
 
 def tls_policy(ca_bundle: str | None) -> IPolicyForHTTPS:
