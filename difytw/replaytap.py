@@ -24,6 +24,7 @@ from difytw.authconfig import listens_on_loopback
 from difytw.fixture import FixtureError
 from difytw.fixtureindex import FixtureIndex
 from difytw.listening import ListeningService, check_listen
+from difytw.optionvalues import KEY_ENV  # the real key, for recording only; never a flag value
 from difytw.passthrough import Passthrough, RecordMode
 from difytw.recordfolder import FolderError, RecordFolder
 from difytw.replay import ReplayApp
@@ -32,7 +33,6 @@ from difytw.upstream import tls_policy, upstream_client
 from difytw.uri import normalize_upstream
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1:backlog=1024"
-KEY_ENV = "DIFY_API_KEY"  # the real key, for recording only; never a flag value (ps shows those)
 
 
 class Options(usage.Options):
