@@ -233,7 +233,8 @@ def plan_writes(
             pieces, end_at = _delay_from(pieces, ends[after - 1], seconds, end_at)
 
     if faults.ping_every:
-        pieces = _add_pings(pieces, ends, faults.ping_every, head_at, end_at)
+        ping = PING.replace(b"\n", b"\r\n") if faults.crlf else PING
+        pieces = _add_pings(pieces, ends, faults.ping_every, head_at, end_at, ping)
 
     writes = tuple(Write(t, d) for t, d in pieces)
     return Plan(head_at=head_at, writes=writes, end_at=max(end_at, head_at), end=end)
@@ -279,22 +280,32 @@ def _add_pings(
     every: float,
     head_at: float,
     end_at: float,
+    ping: bytes = PING,
 ) -> list[tuple[float, bytes]]:
-    # A ping may only go where the body sits between events; one that falls
-    # inside a frame waits for that frame's end (or else it would corrupt it).
+    # A ping may only go where the body sits between events; one that falls inside a
+    # frame (a read that ends mid-frame) waits for that frame's end, or it would corrupt
+    # it.  Pings that fell due while one frame was being sent go out as one, as Dify's
+    # keep-alive only ever comes between events.
     boundaries = {0, *ends}
     result: list[tuple[float, bytes]] = []
     offset = 0
     next_ping = head_at + every
+    waiting = False
     for t, data in pieces:
-        while next_ping <= t and offset in boundaries:
-            result.append((next_ping, PING))
-            next_ping += every
-        while next_ping <= t:
-            next_ping += every  # inside a frame: skip, the next one will do
+        if next_ping <= t and offset in boundaries:
+            while next_ping <= t:
+                result.append((next_ping, ping))
+                next_ping += every
+        elif next_ping <= t:
+            waiting = True
+            while next_ping <= t:
+                next_ping += every
         result.append((t, data))
         offset += len(data)
+        if waiting and offset in boundaries:
+            result.append((t, ping))
+            waiting = False
     while next_ping < end_at:
-        result.append((next_ping, PING))
+        result.append((next_ping, ping))
         next_ping += every
     return result

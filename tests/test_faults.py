@@ -172,3 +172,22 @@ def test_reshaping_faults_never_change_the_bytes(
     assert body_of(p) == body
     times = [w.at for w in p.writes]
     assert times == sorted(times)
+
+
+def test_a_ping_due_inside_a_frame_waits_for_its_end() -> None:
+    # Reads that end mid-frame (a big frame in two reads): the ping due between them goes
+    # right after the frame, not lost and not inside it.
+    frame = FRAMES[0]
+    half = len(frame) // 2
+    chunks = [(100.0, frame[:half]), (400.0, frame[half:]), (500.0, FRAMES[3])]
+    p = plan("ping-every=0.3", chunks=chunks)  # due at 0.35 s, mid-frame
+    datas = [w.data for w in p.writes]
+    assert datas[:4] == [frame[:half], frame[half:], PING, FRAMES[3]]
+    assert p.writes[2].at == p.writes[1].at  # as soon as the frame is whole
+
+
+def test_injected_pings_follow_crlf() -> None:
+    p = plan("crlf,ping-every=0.15")
+    pings = [w.data for w in p.writes if b"ping" in w.data and w.data.startswith(b"event")]
+    assert pings and all(ping == b"event: ping\r\n\r\n" for ping in pings)
+    assert b"\n" not in body_of(p).replace(b"\r\n", b"")
