@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -31,7 +32,7 @@ from difytw.access import AccessGate
 from difytw.accesslog import ProxyExchange
 from difytw.errors import error_frame
 from difytw.headers import client_response_headers, is_event_stream
-from difytw.recordfolder import RecordFolder
+from difytw.recordfolder import RecordFolder, RecordingTap
 from difytw.relay import BodyObserver, BodyRelay, ReadScope, RelayEnd
 from difytw.stopper import (
     MAX_BODY_FOR_USER,
@@ -89,8 +90,16 @@ class Forwarder:
         self._observe = observe
         self._record = record  # --record DIR (issue 4): every exchange tees into a fixture
 
-    async def forward(self, request: ProxyExchange, url: bytes) -> None:
-        """Send ``request`` to ``url`` upstream and relay the answer back to it."""
+    def forward(self, request: ProxyExchange, url: bytes) -> Deferred[None]:
+        """Send ``request`` to ``url`` upstream and relay the answer back to it; fires once
+        the exchange is over (cancelling it ends the relay as a client that left)."""
+        # The coroutine ends once the relay is set up: an open stream, idle for minutes,
+        # then keeps no suspended frame (and the head's locals) alive, only the relay's
+        # ``done`` and what its callback needs (issue 3 item 10, RSS per idle stream).
+        return Deferred.fromCoroutine(self._send(request, url)).addCallback(_relaying)
+
+    async def _send(self, request: ProxyExchange, url: bytes) -> _Relaying | None:
+        """Up to the relay: the upstream request, its response head, the client's head."""
         run = upstream_run(request, url, now=self._clock.seconds())
         headers = upstream_headers(
             request.requestHeaders.getAllRawHeaders(),
@@ -153,7 +162,7 @@ class Forwarder:
         except Exception as error:
             if left:
                 request.outcome = RelayEnd.CLIENT_GONE.value
-                return
+                return None
             if timed_out:
                 raise upstream_timeout(self._header_timeout) from None
             _log.warn(
@@ -205,17 +214,31 @@ class Forwarder:
         # response or the upstream request's headers.  ``sending`` (which the closures
         # above still reference) keeps its result, so it is made to drop it.
         sending.addCallback(lambda _: None)
-        del response, headers
-        end = await relay.done
+        return _Relaying(
+            relay.done.addCallback(self._relayed, request, relay, run, stream, tap, finished)
+        )
+
+    def _relayed(
+        self,
+        end: RelayEnd,
+        request: ProxyExchange,
+        relay: BodyRelay,
+        run: UpstreamRun,
+        stream: bool,
+        tap: RecordingTap | None,
+        finished: Deferred[None],
+    ) -> Deferred[None] | None:
+        """The relay is over: end the exchange; the result fires when klein may finish it."""
         if tap is not None:
             tap.end(end)
         finished_cleanly = self._finish(request, end, stream)
         if stream:
             self._stream_over(run, relay, end)
         if not finished_cleanly:
-            # klein finishes the request when this handler returns; returning only once
-            # the connection is gone keeps it from ending a cut body cleanly.
-            await finished
+            # klein finishes the request when this handler's Deferred fires; firing only
+            # once the connection is gone keeps it from ending a cut body cleanly.
+            return finished
+        return None
 
     def _observer(
         self, request: ProxyExchange, stream: bool, run: UpstreamRun
@@ -277,6 +300,20 @@ class Forwarder:
         # whole, so the only honest signal is a dropped connection.
         request.loseConnection()
         return False
+
+
+class _Relaying:
+    """What ``Forwarder._send`` hands over once a body is relaying: the Deferred that fires
+    when the exchange is over (a coroutine cannot return a Deferred itself)."""
+
+    __slots__ = ("over",)
+
+    def __init__(self, over: Deferred[None]) -> None:
+        self.over = over
+
+
+def _relaying(sent: _Relaying | None) -> Deferred[None] | None:
+    return sent.over if sent is not None else None
 
 
 def upstream_run(request: ProxyExchange, url: bytes, *, now: float) -> UpstreamRun:

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, cast
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -180,7 +180,7 @@ class ProxyApp:
         return answer_error(exchange, error)
 
     @app.route("/", branch=True)
-    async def _dispatch(self, irequest: IRequest) -> bytes | None:
+    def _dispatch(self, irequest: IRequest) -> bytes | Deferred[bytes | None]:
         request = cast(ProxyExchange, irequest)  # served by site(): a ProxyRequest
         target = RequestTarget.parse(request.uri)  # cheap; TargetGate already vetted it
         if target.path == HEALTHZ:
@@ -194,11 +194,19 @@ class ProxyApp:
                 "The requested URL was not found on the server. If you entered the URL "
                 "manually please check your spelling and try again.",
             )
-        admitted = await self._gate.admit(request, target)  # refusals raise DifyError
+        # Chained rather than awaited: an open stream keeps no suspended handler
+        # coroutine alive for its whole life (issue 3 item 10, RSS per idle stream).
+        admitting = Deferred.fromCoroutine(self._gate.admit(request, target))
+        return admitting.addCallback(self._forward, request, url)
+
+    def _forward(
+        self, admitted: RequestTarget | None, request: ProxyExchange, url: bytes
+    ) -> Deferred[bytes | None]:
+        """Forward what the gate admitted (refusals raised DifyError)."""
         if admitted is None:
-            return b""  # answered by the gate itself (a CORS preflight)
-        await self._forwarder.forward(request, self.route.url_for(admitted) or url)
-        return None
+            return succeed(b"")  # answered by the gate itself (a CORS preflight)
+        forwarding = self._forwarder.forward(request, self.route.url_for(admitted) or url)
+        return cast("Deferred[bytes | None]", forwarding)
 
     def _healthz(self, request: ProxyExchange) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
