@@ -40,7 +40,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import Cooperator
+from twisted.internet.task import Cooperator, TaskDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
@@ -313,4 +313,34 @@ class UploadBody(FileBodyProducer):
         started: Deferred[None] = super().startProducing(  # type: ignore[no-untyped-call]
             _ReportingConsumer(consumer, self._progress)
         )
-        return started
+        return started.addCallback(self._uploaded)
+
+    def _uploaded(self, result: None) -> None:
+        # Twisted's client request keeps its body producer for as long as the response
+        # lasts, a stream's whole life: let go of the finished task (its generator and
+        # Deferreds) and of the progress callback (issue 3 item 10, RSS per idle stream).
+        self._task = _UPLOADED
+        self._progress = _no_progress
+        return result
+
+
+def _no_progress() -> None:
+    """Stands in for an upload's progress callback once the upload is done."""
+
+
+class _Uploaded:
+    """Stands in for an upload's finished ``CooperativeTask``, refusing as it would."""
+
+    __slots__ = ()
+
+    def pause(self) -> None:
+        raise TaskDone()
+
+    def resume(self) -> None:
+        raise TaskDone()
+
+    def stop(self) -> None:
+        raise TaskDone()
+
+
+_UPLOADED = _Uploaded()
