@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, cast
 
 from klein import Klein
+from klein.interfaces import IKleinRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
@@ -182,6 +183,9 @@ class ProxyApp:
     @app.route("/", branch=True)
     def _dispatch(self, irequest: IRequest) -> bytes | Deferred[bytes | None]:
         request = cast(ProxyExchange, irequest)  # served by site(): a ProxyRequest
+        # Routed: klein's per-request adapter and its URL map binding are done with, but
+        # the request would keep them for an open stream's whole life (issue 3 item 10).
+        request.unsetComponent(IKleinRequest)
         target = RequestTarget.parse(request.uri)  # cheap; TargetGate already vetted it
         if target.path == HEALTHZ:
             return self._healthz(request)
