@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
 
 from difytw.access import AccessGate
@@ -212,7 +213,13 @@ class Forwarder:
         response.deliverBody(relay)
         # An open stream may idle for minutes: keep only what relaying it needs, not the
         # response or the upstream request's headers.  ``sending`` (which the closures
-        # above still reference) keeps its result, so it is made to drop it.
+        # above still reference) keeps its result, so it is made to drop it.  Twisted's
+        # client keeps the request it sent for as long as the response lasts; its headers,
+        # written long ago, are emptied (issue 3 item 10, RSS per idle stream).
+        sent = getattr(response.request, "headers", None)  # an agent's own answer may have none
+        if isinstance(sent, Headers):
+            for name, _ in list(sent.getAllRawHeaders()):
+                sent.removeHeader(name)
         sending.addCallback(lambda _: None)
         return _Relaying(
             relay.done.addCallback(self._relayed, request, relay, run, stream, tap, finished)
