@@ -121,8 +121,8 @@ class BodyRelay(Protocol):
         reads: ReadScope | None = None,
     ) -> None:
         self.done: Deferred[RelayEnd] = Deferred(self._cancelled)
-        # Fires once the upstream connection is really gone, which can be after ``done``.
-        self.upstream_closed: Deferred[None] = Deferred()
+        self._upstream_closed: Deferred[None] | None = None  # made when first asked for
+        self._upstream_gone = False
         self.ended: RelayEnd | None = None
         self._write = write
         self._clock = clock
@@ -138,6 +138,20 @@ class BodyRelay(Protocol):
         self._deadline: IDelayedCall | None = None
         if max_duration is not None:
             self._deadline = clock.callLater(max_duration, self._duration_exceeded)
+
+    @property
+    def upstream_closed(self) -> Deferred[None]:
+        """Fires once the upstream connection is really gone, which can be after ``done``.
+
+        Made on first use: only a stream whose run is stopped asks, and a Deferred per
+        open stream is memory an idle one would hold for nothing (issue 3 item 10).
+        """
+        closed = self._upstream_closed
+        if closed is None:
+            closed = self._upstream_closed = Deferred()
+            if self._upstream_gone:
+                closed.callback(None)
+        return closed
 
     # -- Protocol: the upstream side ------------------------------------------------
 
@@ -190,8 +204,10 @@ class BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.ended is None:
             self._flush()  # the end came in the same read as the last chunks
-        if not self.upstream_closed.called:
-            self.upstream_closed.callback(None)
+        if not self._upstream_gone:
+            self._upstream_gone = True
+            if self._upstream_closed is not None:
+                self._upstream_closed.callback(None)
         if self.ended is not None:
             return
         # PotentialDataLoss is how a body without Content-Length or chunking ends: by
