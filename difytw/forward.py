@@ -1,6 +1,6 @@
 """Forwarding one admitted request: upstream and back, streamed, with every failure answered.
 
-The body goes upstream from Twisted's spool through ``relay.UploadBody`` (no parse, no
+The body goes upstream from Twisted's spool through ``uploadbody.UploadBody`` (no parse, no
 second copy), the headers are filtered both ways (``headers``), and the answer's body is
 relayed read by read (``relay.BodyRelay``) with the upstream socket as the client's
 producer.  Everything that can go wrong has its own Dify-shaped answer (spec item 7): 502

@@ -66,7 +66,8 @@ from zope.interface import implementer
 
 from difytw.errors import DifyError
 from difytw.headers import upstream_request_headers
-from difytw.relay import ReadScope, UploadBody
+from difytw.relay import ReadScope
+from difytw.uploadbody import UploadBody
 
 # Idle pooled upstream connections kept per host; more are opened when streams overlap.
 # A burst of N concurrent streams leaves N connections; keeping only a few meant the next

@@ -15,7 +15,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from difytw.relay import BodyRelay, RelayEnd, UploadBody
+from difytw.relay import BodyRelay, RelayEnd
+from difytw.uploadbody import UploadBody
 
 IDLE = 30.0
 

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.web.client import URI, _HTTP11ClientFactory
 from twisted.web.error import SchemeNotSupported
 
-from difytw.relay import UploadBody
+from difytw.uploadbody import UploadBody
 from difytw.upstream import (
     POOL_IDLE_PER_HOST,
     NoCookieJar,
