@@ -12,7 +12,8 @@ Module map (imports point one way, top to bottom; each module's docstring says w
 - the fixture toolbox (pure): ``eventcatalog``, ``streamlint``, ``fixturelint``,
   ``fixtureshow``, ``pacing``, ``transcript``, ``har``, ``harimport``, ``fixturecli``;
 - Twisted glue: ``relay`` (body bytes with backpressure), ``uploadbody`` (the request
-  body fed upstream), ``upstream`` (the Agent and treq client), ``journal``, ``playback``, ``stopper``, ``usage``, ``recordfolder``, ``access``,
+  body fed upstream), ``upstream`` (the Agent and treq client), ``journal``, ``playback``,
+  ``stopper``, ``usage``, ``recordfolder``, ``access``,
   ``accesslog``, ``proxysite`` (difyproxy's Site: refusals before any route),
   ``listening`` (``--listen`` endpoints, shared by both ``twist`` plugins);
 - ``forward`` (one admitted request upstream and back, relayed);
