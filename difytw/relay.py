@@ -125,18 +125,13 @@ class BodyRelay(Protocol):
         self._observer = observer
         self._reads = reads
         self._held: list[bytes] | None = None  # chunks of the current read, not yet written
+        self._idle: IDelayedCall | None = None
         self._upstream: IPushProducer | None = None
         self._paused = False
         self.relayed = 0
-        # One timer for both limits, set to whichever comes first (a DelayedCall each was
-        # memory every idle stream held: issue 3 item 10).  Idle time counts while armed:
-        # connected and not paused by the client.
-        self._idle_armed = False
-        self._ends_at = clock.seconds() + max_duration if max_duration is not None else None
-        self._deadline_due = False  # whether the timer is set for the deadline
-        self._timer: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
         if max_duration is not None:
-            self._schedule()
+            self._deadline = clock.callLater(max_duration, self._duration_exceeded)
 
     @property
     def upstream_closed(self) -> Deferred[None]:
@@ -195,14 +190,10 @@ class BodyRelay(Protocol):
                 # A broken side-parser must never break the stream it watches.
                 _log.failure("body observer failed; detaching it")
                 self._observer = None
-        # Read after the write: the write may have paused us, which disarms idle time.
-        # Once the deadline is due first, no read can bring the idle limit before it.
-        timer = self._timer
-        if self._idle_armed and timer is not None and not self._deadline_due:
-            timer.reset(self._idle_seconds)
-            ends_at = self._ends_at
-            if ends_at is not None and timer.getTime() >= ends_at:
-                self._schedule()  # the deadline now comes first
+        # Read after the write: the write may have paused us, which drops the timer.
+        idle = self._idle
+        if idle is not None:
+            idle.reset(self._idle_seconds)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.ended is None:
@@ -249,44 +240,21 @@ class BodyRelay(Protocol):
         self._end(RelayEnd.CLIENT_GONE, stop_upstream=True)
 
     def _arm(self) -> None:
-        if self._idle_timeout is not None and not self._idle_armed:
-            self._idle_armed = True
-            self._schedule()
+        if self._idle_timeout is not None and self._idle is None:
+            self._idle = self._clock.callLater(self._idle_timeout, self._idle_expired)
 
     def _disarm(self) -> None:
-        if self._idle_armed:
-            self._idle_armed = False
-            self._schedule()
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.active():
+            idle.cancel()
 
-    def _schedule(self) -> None:
-        """Set the timer to the idle limit (while armed) or the deadline, the sooner."""
-        delay = self._idle_seconds if self._idle_armed else None
-        self._deadline_due = False
-        ends_at = self._ends_at
-        if ends_at is not None:
-            left = ends_at - self._clock.seconds()
-            if delay is None or left <= delay:
-                delay, self._deadline_due = max(left, 0.0), True
-        timer = self._timer
-        if delay is None:
-            self._cancel_timer()
-        elif timer is not None:
-            timer.reset(delay)
-        else:
-            self._timer = self._clock.callLater(delay, self._expired)
+    def _idle_expired(self) -> None:
+        self._idle = None
+        self._end(RelayEnd.IDLE_TIMEOUT, stop_upstream=True)
 
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _expired(self) -> None:
-        self._timer = None
-        self._idle_armed = False
-        deadline = self._deadline_due
-        self._end(
-            RelayEnd.DURATION_EXCEEDED if deadline else RelayEnd.IDLE_TIMEOUT, stop_upstream=True
-        )
+    def _duration_exceeded(self) -> None:
+        self._deadline = None
+        self._end(RelayEnd.DURATION_EXCEEDED, stop_upstream=True)
 
     def _stop_upstream(self) -> None:
         upstream, self._upstream = self._upstream, None
@@ -301,8 +269,10 @@ class BodyRelay(Protocol):
         self._write = _discard
         self._observer = None
         self._held = None
-        self._idle_armed = False
-        self._cancel_timer()
+        self._disarm()
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
         if stop_upstream:
             self._stop_upstream()
         else:
