@@ -7,8 +7,6 @@ this test run; the proxy's configuration comes from parsing the real command lin
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -17,16 +15,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.ssl import PrivateCertificate
 from twisted.web.client import ResponseDone
 
 from difytw.fixture import load
 from difytw.proxytap import Options
+from tests.certs import self_signed
 from tests.test_proxy_harness import (
     CHAT,
     FIXTURES,
@@ -39,38 +34,6 @@ from tests.test_proxy_harness import (
 )
 
 __all__ = ["start_proxy"]
-
-
-def self_signed(directory: Path, address: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A throw-away certificate for ``address`` (IP SAN) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "difytw test upstream")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "upstream.pem", directory / "upstream.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture(params=["127.0.0.1"])

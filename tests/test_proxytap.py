@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.application.service import IService, MultiService
 from twisted.logger import LogEvent, LogLevel
 from twisted.python import usage
@@ -26,6 +21,7 @@ from difytw.proxytap import (
     parse_size,
     with_backlog,
 )
+from tests.certs import self_signed
 from tests.rawhttp import build_request
 from tests.rawhttp import fetch as raw_fetch
 
@@ -233,27 +229,8 @@ async def test_service_listens_and_stops() -> None:
     assert not service.running
 
 
-def write_ca(path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "difytw test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 def test_ca_bundle_is_loaded(tmp_path: Path) -> None:
-    bundle = tmp_path / "ca.pem"
-    write_ca(bundle)
+    bundle, _ = self_signed(tmp_path)
     options = parse([*UPSTREAM, "--ca-bundle", str(bundle)])
     assert options.config.ca_bundle == str(bundle)
     assert IService.providedBy(makeService(options))
