@@ -228,23 +228,27 @@ class BrokenRecorder:
         raise RuntimeError("recorder bug: secret-internal-detail")
 
 
+async def chat_with_app(replay: Any, **collaborators: Any) -> Any:
+    """One chat through a ``ProxyApp`` built with ``collaborators`` (e.g. a broken one)."""
+    app = ProxyApp(
+        ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY),
+        reactor=reactor,
+        **collaborators,
+    )
+    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{listening.getHost().port}/dify/chat-messages"
+        return await fetch("POST", url, json=dict(CHAT, user="u"))
+    finally:
+        await listening.stopListening()
+        await app.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_bug_before_the_head_is_difys_json_500_and_a_logged_failure(
     replay: Any, logged: list[Any]
 ) -> None:
-    app = ProxyApp(
-        ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY),
-        reactor=reactor,
-        record=BrokenRecorder(),  # type: ignore[arg-type]
-    )
-    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
-    try:
-        port = listening.getHost().port
-        url = f"http://127.0.0.1:{port}/dify/chat-messages"
-        response, collector, _ = await fetch("POST", url, json=dict(CHAT, user="u"))
-    finally:
-        await listening.stopListening()
-        await app.close()
+    response, collector, _ = await chat_with_app(replay, record=BrokenRecorder())
     assert response.code == 500
     assert header(response, "Content-Type") == [b"application/json"]
     body = json.loads(collector.body)
@@ -265,19 +269,7 @@ async def test_a_bug_after_the_head_cuts_the_connection(replay: Any, logged: lis
     def observe(request: Any, stream: bool) -> None:
         raise RuntimeError("observer bug")
 
-    app = ProxyApp(
-        ProxyConfig(upstream=replay.url + "/v1", api_key=TEST_KEY),
-        reactor=reactor,
-        observe=observe,
-    )
-    listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
-    try:
-        port = listening.getHost().port
-        url = f"http://127.0.0.1:{port}/dify/chat-messages"
-        response, _, reason = await fetch("POST", url, json=dict(CHAT, user="u"))
-    finally:
-        await listening.stopListening()
-        await app.close()
+    response, _, reason = await chat_with_app(replay, observe=observe)
     assert response.code == 200  # the head had gone out before the bug
     assert not reason.check(ResponseDone)  # not passed off as a whole answer
     [failure] = [e for e in logged if "log_failure" in e]
