@@ -88,8 +88,11 @@ class ProxyApp:
         self._key = config.api_key.encode("ascii")
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
-        # Upstream reads and the relays they feed share one scope: a read's chunks, one write.
-        self._reads = ReadScope()
+        # Each upstream read reaches its relay as one delivery (``chunked``), and leaves
+        # as one write.  A recording keeps Dify's own chunks instead, so under --record
+        # Twisted decodes chunk by chunk and the relays join each read's chunks inside a
+        # shared scope (``relay.ReadScope``): still one write per read.
+        self._reads = ReadScope() if record is not None else None
         self._pool = upstream_pool(reactor, self._reads)
         # The relay goes through the agent itself, not treq (see ``upstream``): treq
         # would inflate a gzip answer and drop its Content-Encoding.

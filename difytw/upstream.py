@@ -19,9 +19,11 @@ calls whose answers are read rather than relayed (stop calls, the replay passthr
 - ``upstream_headers`` / ``upload_body``: what goes upstream of a client's request (its
   filtered headers with the key, its spooled body read in slices).
 - ``UpstreamPool``: a connection pool whose connection factory does not log
-  "Starting factory"/"Stopping factory" for every upstream connection, and whose
-  connections run each socket read inside the pool's ``relay.ReadScope`` (so a relay
-  writes one read's chunks with one write).
+  "Starting factory"/"Stopping factory" for every upstream connection, whose
+  connections decode a chunked answer read by read (``chunked.ChunkedDecoder``: one
+  body delivery per socket read, not one per chunk), or, when chunk boundaries matter
+  (``--record`` keeps them in fixtures), run each socket read inside the pool's
+  ``relay.ReadScope`` (so a relay still writes one read's chunks with one write).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http import _DataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
     IAgent,
@@ -64,6 +67,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
+from difytw.chunked import ChunkedDecoder
 from difytw.errors import DifyError
 from difytw.headers import upstream_request_headers
 from difytw.relay import ReadScope
@@ -170,6 +174,41 @@ class UpstreamEndpoints:
         raise SchemeNotSupported(f"unsupported scheme: {uri.scheme!r}")
 
 
+class ReadChunkedDecoder:
+    """Twisted's body-decoder interface over ``chunked.ChunkedDecoder``.
+
+    ``HTTPClientParser`` builds its decoder as ``decoder(dataCallback, finishCallback)``
+    and ends it with ``noMoreData``, which must raise ``_DataLoss`` for a cut body: any
+    other exception there is swallowed by Twisted and the response would never end.
+    """
+
+    def __init__(
+        self, dataCallback: Callable[[bytes], object], finishCallback: Callable[[bytes], object]
+    ) -> None:
+        self._decoder = ChunkedDecoder(dataCallback, finishCallback)
+        self.dataReceived = self._decoder.feed
+
+    def noMoreData(self) -> None:
+        if not self._decoder.done:
+            raise _DataLoss("connection closed inside a chunked body")
+
+
+_READ_DECODERS = {b"chunked": ReadChunkedDecoder}
+
+
+class _ReadDecodingHTTP11ClientProtocol(HTTP11ClientProtocol):
+    """Decodes each chunked response one socket read at a time (``ReadChunkedDecoder``)."""
+
+    def request(self, request: Any) -> Deferred[IResponse]:
+        before = self._parser
+        sending: Deferred[IResponse] = super().request(request)
+        parser = self._parser
+        if parser is not None and parser is not before:
+            # Twisted picks the decoder from this table once the head has arrived.
+            parser._transferDecoders = _READ_DECODERS  # type: ignore[assignment]
+        return sending
+
+
 class _ScopedHTTP11ClientProtocol(HTTP11ClientProtocol):
     """Runs each socket read inside ``reads`` (see ``relay.ReadScope``)."""
 
@@ -189,13 +228,14 @@ class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> HTTP11ClientProtocol:
         if self.reads is None:
-            return super().buildProtocol(addr)
+            return _ReadDecodingHTTP11ClientProtocol(self._quiescentCallback)  # type: ignore[no-untyped-call]
         return _ScopedHTTP11ClientProtocol(self._quiescentCallback, self.reads)
 
 
 class UpstreamPool(HTTPConnectionPool):
     """A persistent pool that keeps ``POOL_IDLE_PER_HOST`` idle connections, whose
-    connections open and close without a log line each and read inside ``reads``."""
+    connections open and close without a log line each, and decode chunked answers read
+    by read, or, given ``reads``, keep Twisted's chunk-by-chunk decoding inside ``reads``."""
 
     maxPersistentPerHost = POOL_IDLE_PER_HOST
 
@@ -208,7 +248,7 @@ class UpstreamPool(HTTPConnectionPool):
 
 
 def upstream_pool(reactor: Any, reads: ReadScope | None = None) -> HTTPConnectionPool:
-    """The proxy's persistent, quiet upstream connection pool (reading inside ``reads``)."""
+    """The proxy's persistent, quiet upstream connection pool (see ``UpstreamPool``)."""
     return UpstreamPool(reactor, reads)
 
 

@@ -154,3 +154,41 @@ async def test_chunks_read_together_leave_the_proxy_together(
     # One write per upstream read: the 61 chunks of one read are not 61 client chunks (a
     # busy machine may split the read, so a few are allowed).
     assert len(response.chunks) <= 8, len(response.chunks)
+
+
+class BrokenChunkingUpstream(Protocol):
+    """A fake Dify whose chunked answer breaks its framing after two good events."""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        if b"\r\n\r\n" not in data:
+            return
+        good = b"".join(b"%x\r\n%s\r\n" % (len(frame), frame) for frame in FRAMES[:2])
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + good + b"zz\r\nnot a chunk\r\n"
+        )
+        # Left open: only the proxy giving up on the framing can end this exchange.
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_chunking_ends_with_the_good_events_then_a_disconnected_frame(
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    upstream = reactor.listenTCP(
+        0, Factory.forProtocol(BrokenChunkingUpstream), interface="127.0.0.1"
+    )
+    try:
+        proxy = start_proxy(f"http://127.0.0.1:{upstream.getHost().port}/v1")
+        body = json.dumps(dict(CHAT, user="u")).encode()
+        request = build_request(
+            "POST", "/dify/chat-messages", headers=[("Content-Type", "application/json")], body=body
+        )
+        _, finished = fetch(reactor, proxy.port, request)
+        response = await finished
+    finally:
+        await upstream.stopListening()
+    assert response.status == 200 and response.complete
+    assert response.body.startswith(FRAMES[0] + FRAMES[1])
+    last = json.loads(response.body[len(FRAMES[0] + FRAMES[1]) :].removeprefix(b"data: "))
+    assert last["event"] == "error" and last["code"] == "upstream_disconnected"
