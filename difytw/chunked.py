@@ -31,7 +31,8 @@ MAX_TRAILERS = 64 * 1024
 # RFC 9112 section 7.1: chunk-size = 1*HEXDIG, then chunk-ext = *( ";" ... ) whose
 # names, values and quoted strings are visible ASCII, space and tab.  Sixteen hex digits
 # are already 2**64: a longer size is a broken or hostile peer.
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e]*)?\r\n")
+# The extension's length is capped so that a whole size line stays under MAX_SIZE_LINE.
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e]{0,1000})?\r\n")
 
 # States between reads.
 _SIZE = 0  # reading a size line
@@ -116,11 +117,19 @@ class ChunkedDecoder:
                         self._size_line_incomplete(data, pos, end)
                         self._partial = data[pos:]
                         return
-                    if found.end() - 2 - pos >= MAX_SIZE_LINE:
-                        raise ChunkedError(f"chunk size line over {MAX_SIZE_LINE} bytes")
                     pos = found.end()
                     left = int(found.group(1), 16)
-                    state = _BODY if left else _TRAILER
+                    if not left:
+                        state = _TRAILER
+                        continue
+                    # The common case, a whole chunk and its CRLF in this read: one pass.
+                    stop = pos + left
+                    if data.startswith(b"\r\n", stop):
+                        pieces.append(data[pos:stop])
+                        pos = stop + 2
+                        left = 0
+                    else:
+                        state = _BODY
                 elif state == _TRAILER:
                     eol = data.find(b"\r\n", pos)
                     if eol < 0:
@@ -149,7 +158,7 @@ class ChunkedDecoder:
         eol = data.find(b"\r\n", pos)
         if eol >= 0:
             raise ChunkedError(f"invalid chunk size line {bytes(data[pos:eol][:40])!r}")
-        if end - pos > MAX_SIZE_LINE:
+        if end - pos >= MAX_SIZE_LINE:
             raise ChunkedError(f"chunk size line over {MAX_SIZE_LINE} bytes")
         # A prefix of a valid line matches the pattern once CRLF is appended, whatever
         # the cut: only the final CR may be missing its LF.
