@@ -2,8 +2,8 @@
 
 Module map (imports point one way, top to bottom; each module's docstring says what it owns):
 
-- wire formats, pure (no Twisted): ``sse``, ``errors``, ``fixturerecord`` -> ``fixture`` /
-  ``fixturewrite``;
+- wire formats, pure (no Twisted): ``sse``, ``chunked``, ``errors``, ``fixturerecord`` ->
+  ``fixture`` / ``fixturewrite``;
 - pure logic over them: ``fixtureindex``, ``faults``, ``blocking``, ``streamwatch``,
   ``scrub``, ``recorder``, ``uri``, ``headers``, ``uploads``, and the access decisions
   (``auth``, ``authconfig``, ``identity``, ``formuser``, ``allowlist``, ``limits``, ``cors``,

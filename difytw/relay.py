@@ -11,14 +11,15 @@ so a slow reader holds kernel buffers only.
 The relay decides nothing about HTTP: it reports how the body ended (``done``) and the
 proxy turns that into a finish, a final error frame or a dropped connection.
 
-``ReadScope`` marks one upstream socket read.  Twisted's HTTP client hands a body each
-chunk of a chunked response on its own, so one 64 KiB read of a fast stream is hundreds of
-``dataReceived`` calls; a relay fed inside a read scope joins them and writes once when the
-read ends, before the reactor does anything else.  That is "each upstream read goes to the
-client with its own write" (issue 3 item 4) as nginx (``proxy_buffering off``) and Twisted's
-own proxy do it: bytes, order and latency are unchanged, the write calls and chunk headers
-per event are gone.  The observer still sees every chunk on its own (recordings keep Dify's
-chunking).
+``ReadScope`` marks one upstream socket read.  Twisted's own chunked decoder hands a body
+each chunk of a chunked response on its own, so one 64 KiB read of a fast stream is hundreds
+of ``dataReceived`` calls; a relay fed inside a read scope joins them and writes once when
+the read ends, before the reactor does anything else.  That is "each upstream read goes to
+the client with its own write" (issue 3 item 4) as nginx (``proxy_buffering off``) and
+Twisted's own proxy do it: bytes, order and latency are unchanged, the write calls and chunk
+headers per event are gone.  The observer still sees every chunk on its own (recordings keep
+Dify's chunking).  Outside ``--record``, difyproxy decodes with ``chunked.ChunkedDecoder``,
+which delivers each read at once by itself: there the relay has no scope.
 
 The other direction, the client's request body, is ``uploadbody.UploadBody``.
 """
