@@ -5,7 +5,8 @@
 
 1. CORS: a preflight is answered here (never upstream); a foreign ``Origin`` is refused;
 2. authentication (:mod:`difytw.auth`) -> an identity, else 401/403;
-   a client's ``X-Forwarded-For`` is kept only from a ``--trusted-proxy`` peer;
+   a client's ``X-Forwarded-For`` (and -Proto, -Host) is kept only from a
+   ``--trusted-proxy`` peer;
 3. the allow-list (:mod:`difytw.allowlist`) -> the route, else 403/404/405/400;
 4. the Dify ``user`` (:mod:`difytw.identity`, :mod:`difytw.formuser`) is written into the
    query, the JSON body or the multipart field the route reads it from;
@@ -170,8 +171,10 @@ class AccessGate:
         if not trusted_peer(caller.peer, policy.trusted_proxies):
             # As nginx's realip: a chain is only as good as the proxy that sent it, and a
             # client not in --trusted-proxy could have written any address in it.  The
-            # forwarded request then names this peer alone (headers.py appends it).
-            request.requestHeaders.removeHeader(b"x-forwarded-for")
+            # forwarded request then names this peer alone (headers.py appends it), with
+            # this hop's own scheme and Host.
+            for name in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"):
+                request.requestHeaders.removeHeader(name)
         rule = UserRule.for_identity(identity, policy.user_template)
         route = self._route(request.method, rest)
         if self.rate is not None and not rule.keep_named:

@@ -107,6 +107,9 @@ class Forwarder:
             api_key=self._key,
             client=request.getClientAddress(),
             secure=request.isSecure(),
+            # The access gate already removed the forwarding headers of a peer not in
+            # --trusted-proxy; what is left came from a proxy this one trusts.
+            trust_forwarding=True,
         )
 
         relay: BodyRelay | None = None

@@ -7,6 +7,7 @@ Names compare case-insensitively (RFC 9110 section 5.1).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 RawHeaders = list[tuple[bytes, list[bytes]]]
@@ -33,7 +34,8 @@ HOP_BY_HOP = frozenset(
 # - accept-encoding: a compressed upstream answer could not be relayed unbuffered byte for
 #   byte (section 9.2); the HTTP client asks for identity itself;
 # - host/content-length/expect: the HTTP client sets its own for the upstream hop;
-# - x-forwarded-proto/-host: this proxy states them; a client-supplied value is a spoof;
+# - x-forwarded-proto/-host: this proxy states them; a client-supplied value is a spoof,
+#   unless the caller is a trusted proxy (``trust_forwarding``), whose values go on;
 # - forwarded/x-real-ip: other ways to name the client, which this proxy does not vouch
 #   for; X-Forwarded-For alone says who called (as nginx's realip module keeps it).
 _NOT_UPSTREAM = frozenset(
@@ -97,6 +99,7 @@ def upstream_request_headers(
     api_key: bytes,
     client_address: bytes | None,
     scheme: bytes,
+    trust_forwarding: bool = False,
 ) -> RawHeaders:
     """The headers to send upstream for a client request carrying ``pairs``.
 
@@ -106,12 +109,17 @@ def upstream_request_headers(
     An incoming X-Forwarded-For chain is kept: whether the client may extend one is a
     question of trust, answered before this by difyproxy's access gate
     (``access.AccessGate``), which removes the chain of a peer not in ``--trusted-proxy``.
+    With ``trust_forwarding`` (difyproxy, behind that gate) an incoming X-Forwarded-Proto
+    and X-Forwarded-Host are believed too: behind a TLS-terminating nginx the client's
+    scheme is ``https`` though this hop is ``http``, and its host is the public name.
+    Without it (the replay server's record passthrough) this hop's own values are sent.
     """
     pairs = list(pairs)
     listed = connection_listed(_find(pairs, b"connection"))
     out: RawHeaders = []
     forwarded_for: list[bytes] = []
     host: list[bytes] = []
+    forwarded_host: bytes | None = None
     for name, values in pairs:
         lower = name.lower()
         if lower == b"host":
@@ -119,6 +127,10 @@ def upstream_request_headers(
         if lower == b"x-forwarded-for":
             forwarded_for.extend(values)
             continue
+        if trust_forwarding and lower == b"x-forwarded-proto":
+            scheme = _first_token(values, _SCHEMES) or scheme
+        if trust_forwarding and lower == b"x-forwarded-host":
+            forwarded_host = _first_token(values, None)
         if lower in _NOT_UPSTREAM or _is_hop_by_hop(lower, listed):
             continue
         out.append((name, list(values)))
@@ -130,9 +142,26 @@ def upstream_request_headers(
         # upstream parsers only read the first.
         out.append((b"X-Forwarded-For", [b", ".join(forwarded_for)]))
     out.append((b"X-Forwarded-Proto", [scheme]))
-    if host:
-        out.append((b"X-Forwarded-Host", [host[0]]))
+    if forwarded_host is not None or host:
+        out.append((b"X-Forwarded-Host", [forwarded_host or host[0]]))
     return out
+
+
+_SCHEMES = frozenset({b"http", b"https"})
+_HOST_BYTES = re.compile(rb"[A-Za-z0-9.\-:\[\]_]{1,255}")
+
+
+def _first_token(values: Sequence[bytes], allowed: frozenset[bytes] | None) -> bytes | None:
+    """The first comma-separated element of a forwarding header (the one the proxy nearest
+    the client wrote, as nginx reads it), if it is a scheme in ``allowed`` or, without
+    ``allowed``, a plausible ``host[:port]``; None when it is neither."""
+    if not values:
+        return None
+    token = values[0].split(b",", 1)[0].strip()
+    if allowed is not None:
+        token = token.lower()
+        return token if token in allowed else None
+    return token if _HOST_BYTES.fullmatch(token) else None
 
 
 def is_event_stream(content_type: Sequence[bytes] | None) -> bool:

@@ -297,7 +297,12 @@ def cookieless_client(agent: IAgent) -> HTTPClient:
 
 
 def upstream_headers(
-    raw: Iterable[tuple[bytes, Sequence[bytes]]], *, api_key: bytes, client: object, secure: bool
+    raw: Iterable[tuple[bytes, Sequence[bytes]]],
+    *,
+    api_key: bytes,
+    client: object,
+    secure: bool,
+    trust_forwarding: bool = False,
 ) -> Headers:
     """The headers a client's request goes upstream with (``headers.upstream_request_headers``:
     its credentials replaced by the key, hop-by-hop ones dropped, X-Forwarded-* added)."""
@@ -308,6 +313,7 @@ def upstream_headers(
         api_key=api_key,
         client_address=address.encode("ascii") if isinstance(address, str) else None,
         scheme=b"https" if secure else b"http",
+        trust_forwarding=trust_forwarding,
     ):
         headers.setRawHeaders(name, values)
     return headers

@@ -607,7 +607,13 @@ class ForwardingEcho(Resource):
     isLeaf = True
 
     def render(self, request: Any) -> bytes:
-        names = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+        names = (
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-real-ip",
+        )
         seen = {name: request.requestHeaders.getRawHeaders(name, []) for name in names}
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps(seen).encode()
@@ -622,6 +628,8 @@ def echo() -> Iterator[str]:
 
 SPOOFED = {
     "X-Forwarded-For": "203.0.113.9",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "chat.example.com",
     "Forwarded": "for=203.0.113.9",
     "X-Real-IP": "203.0.113.9",
 }
@@ -639,6 +647,8 @@ SPOOFED = {
 async def test_forwarded_for_is_kept_only_from_a_trusted_proxy(
     trusted: tuple[str, ...], chain: list[str], echo: str, start_proxy: Callable[..., RunningProxy]
 ) -> None:
+    """As nginx's realip: a trusted proxy's chain is extended, and its scheme and host
+    (the TLS it terminated, the public name) go on; anyone else's are replaced."""
     access = AccessPolicy(auth=TOKENS, trusted_proxies=parse_networks(list(trusted)))
     proxy = start_proxy(echo, access=access)
     response, collector, _ = await fetch(
@@ -648,7 +658,12 @@ async def test_forwarded_for_is_kept_only_from_a_trusted_proxy(
     seen = body_of(collector)
     assert seen["x-forwarded-for"] == chain
     assert seen["forwarded"] == [] and seen["x-real-ip"] == []
-    assert seen["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
+    if trusted == ("127.0.0.1/32",):
+        assert seen["x-forwarded-proto"] == ["https"]
+        assert seen["x-forwarded-host"] == ["chat.example.com"]
+    else:
+        assert seen["x-forwarded-proto"] == ["http"]
+        assert seen["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
 
 
 # -- the key stays secret --------------------------------------------------------------------

@@ -235,3 +235,33 @@ def test_response_filter_property(pairs: list[tuple[bytes, list[bytes]]], stream
         dropped = lower in HOP_BY_HOP or lower.startswith(b"proxy-") or lower in listed
         dropped = dropped or (stream and lower == b"content-length")
         assert (lower in kept) != dropped
+
+
+@pytest.mark.parametrize(
+    ("proto", "host", "scheme", "forwarded_host"),
+    [
+        ([b"https"], [b"chat.example.com"], b"https", b"chat.example.com"),
+        ([b"HTTPS, http"], [b"chat.example.com:8443, inner"], b"https", b"chat.example.com:8443"),
+        ([b"gopher"], [b"bad host\x00"], b"http", b"proxy.example:8080"),  # ours instead
+        ([], [], b"http", b"proxy.example:8080"),
+    ],
+)
+def test_a_trusted_proxys_scheme_and_host_go_on(
+    proto: list[bytes], host: list[bytes], scheme: bytes, forwarded_host: bytes
+) -> None:
+    """Behind a TLS-terminating nginx in --trusted-proxy, Dify must hear the client's
+    https and public host, not this hop's http and 127.0.0.1; whatever the order."""
+    pairs = [(b"X-Forwarded-Host", host), (b"Host", [b"proxy.example:8080"])]
+    pairs += [(b"X-Forwarded-Proto", proto)]
+    for ordered in (pairs, pairs[::-1]):
+        out = as_dict(
+            upstream_request_headers(
+                [(n, v) for n, v in ordered if v],
+                api_key=KEY,
+                client_address=b"10.0.0.2",
+                scheme=b"http",
+                trust_forwarding=True,
+            )
+        )
+        assert out[b"x-forwarded-proto"] == [scheme]
+        assert out[b"x-forwarded-host"] == [forwarded_host]
