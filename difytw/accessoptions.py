@@ -96,7 +96,7 @@ class AccessOptions(usage.Options):
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         # Twisted prints a docstring as it is, line breaks included: so one line each.
-        """Syntax: CIDR[,CIDR].  Proxies in front whose X-Forwarded-For/-Proto/-Host are kept (repeatable)."""
+        """Syntax: CIDR[,CIDR].  Proxies whose X-Forwarded-For/-Proto/-Host are kept; repeatable."""
         self["trusted-proxy"].append(cidr)
 
     def opt_allow(self, route: str) -> None:
