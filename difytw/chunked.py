@@ -112,24 +112,29 @@ class ChunkedDecoder:
                     pos += 2
                     state = _SIZE
                 elif state == _SIZE:
-                    found = match(data, pos)
-                    if found is None:
-                        self._size_line_incomplete(data, pos, end)
-                        self._partial = data[pos:]
-                        return
-                    pos = found.end()
-                    left = int(found.group(1), 16)
-                    if not left:
-                        state = _TRAILER
-                        continue
-                    # The common case, a whole chunk and its CRLF in this read: one pass.
-                    stop = pos + left
-                    if data.startswith(b"\r\n", stop):
-                        pieces.append(data[pos:stop])
+                    # Whole chunks and their CRLFs, as many as this read holds, in one
+                    # tight loop: the common case on a busy stream.
+                    append = pieces.append
+                    while True:
+                        found = match(data, pos)
+                        if found is None:
+                            self._size_line_incomplete(data, pos, end)
+                            self._partial = data[pos:]
+                            return
+                        pos = found.end()
+                        left = int(found[1], 16)
+                        if not left:
+                            state = _TRAILER
+                            break
+                        stop = pos + left
+                        if not data.startswith(b"\r\n", stop):
+                            state = _BODY  # the chunk goes on in the next read, or is bad
+                            break
+                        append(data[pos:stop])
                         pos = stop + 2
                         left = 0
-                    else:
-                        state = _BODY
+                        if pos >= end:
+                            break
                 elif state == _TRAILER:
                     eol = data.find(b"\r\n", pos)
                     if eol < 0:
