@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest_twisted
 from hypothesis import given
@@ -134,11 +135,11 @@ class BurstUpstream(Protocol):
         self.transport.loseConnection()
 
 
-@pytest_twisted.ensureDeferred
-async def test_chunks_read_together_leave_the_proxy_together(
-    start_proxy: Callable[..., RunningProxy],
-) -> None:
-    upstream = reactor.listenTCP(0, Factory.forProtocol(BurstUpstream), interface="127.0.0.1")
+async def chat_through_proxy(
+    upstream_protocol: type[Protocol], start_proxy: Callable[..., RunningProxy]
+) -> Any:
+    """A chat through a proxy in front of a loopback upstream speaking ``upstream_protocol``."""
+    upstream = reactor.listenTCP(0, Factory.forProtocol(upstream_protocol), interface="127.0.0.1")
     try:
         proxy = start_proxy(f"http://127.0.0.1:{upstream.getHost().port}/v1")
         body = json.dumps(dict(CHAT, user="u")).encode()
@@ -146,9 +147,16 @@ async def test_chunks_read_together_leave_the_proxy_together(
             "POST", "/dify/chat-messages", headers=[("Content-Type", "application/json")], body=body
         )
         _, finished = fetch(reactor, proxy.port, request)
-        response = await finished
+        return await finished
     finally:
         await upstream.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunks_read_together_leave_the_proxy_together(
+    start_proxy: Callable[..., RunningProxy],
+) -> None:
+    response = await chat_through_proxy(BurstUpstream, start_proxy)
     assert response.status == 200 and response.complete
     assert response.body == b"".join(FRAMES)
     # One write per upstream read: the 61 chunks of one read are not 61 client chunks (a
@@ -175,19 +183,7 @@ class BrokenChunkingUpstream(Protocol):
 async def test_broken_chunking_ends_with_the_good_events_then_a_disconnected_frame(
     start_proxy: Callable[..., RunningProxy],
 ) -> None:
-    upstream = reactor.listenTCP(
-        0, Factory.forProtocol(BrokenChunkingUpstream), interface="127.0.0.1"
-    )
-    try:
-        proxy = start_proxy(f"http://127.0.0.1:{upstream.getHost().port}/v1")
-        body = json.dumps(dict(CHAT, user="u")).encode()
-        request = build_request(
-            "POST", "/dify/chat-messages", headers=[("Content-Type", "application/json")], body=body
-        )
-        _, finished = fetch(reactor, proxy.port, request)
-        response = await finished
-    finally:
-        await upstream.stopListening()
+    response = await chat_through_proxy(BrokenChunkingUpstream, start_proxy)
     assert response.status == 200 and response.complete
     assert response.body.startswith(FRAMES[0] + FRAMES[1])
     last = json.loads(response.body[len(FRAMES[0] + FRAMES[1]) :].removeprefix(b"data: "))

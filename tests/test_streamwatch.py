@@ -92,6 +92,16 @@ def test_non_json_and_pings_are_tolerated() -> None:
     assert watch.task_id == "t1"
 
 
+def fed_in_reads(body: bytes, sizes: list[int]) -> StreamWatch:
+    """A watch fed ``body`` in reads of ``sizes``, then the rest in one."""
+    watch, at = StreamWatch(), 0
+    for size in sizes:
+        watch.feed(body[at : at + size])
+        at += size
+    watch.feed(body[at:])
+    return watch
+
+
 def long_chat(n: int = 60) -> list[bytes]:
     envelope = {"conversation_id": "c", "message_id": "m", "created_at": 1, "task_id": "t"}
     frames = [frame(event="message", **envelope, answer=f"w{i} ") for i in range(n)]
@@ -196,12 +206,7 @@ def test_pings_anywhere_at_the_start_at_any_chunking(pings: list[int], cuts: lis
     whole = StreamWatch()
     whole.feed(body)
     assert whole.ids == {"task_id": "t", "conversation_id": "c", "message_id": "m"}
-    watch, at = StreamWatch(), 0
-    for size in cuts:
-        watch.feed(body[at : at + size])
-        at += size
-    watch.feed(body[at:])
-    assert summary(watch) == summary(whole)
+    assert summary(fed_in_reads(body, cuts)) == summary(whole)
 
 
 def test_the_id_hunt_still_ends_after_the_first_data_frames() -> None:
@@ -230,10 +235,6 @@ def test_skipping_whole_frames_agrees_with_decoding_everything(
     body = b"".join(frames).replace(b"\n", line_end)
     whole = StreamWatch()
     whole.feed(body)  # one read, from the stream's start: all of it decoded
-    watch, at = StreamWatch(), 0
-    for size in cuts:
-        watch.feed(body[at : at + size])
-        at += size
-    watch.feed(body[at:])
+    watch = fed_in_reads(body, cuts)
     assert summary(watch) == summary(whole)
     assert watch.terminal == ("error" if fails else "message_end")
