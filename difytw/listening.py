@@ -25,6 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from difytw.authconfig import listen_fields
+from difytw.writethrough import WriteThroughReactor
 
 log = Logger()
 
@@ -100,7 +101,9 @@ def listen_or_exit(reactor: Any, listen: str, factory: Any) -> Deferred[IListeni
     ``SystemExit`` there exits non-zero with the message instead of a traceback and a server
     that serves nothing.  Endpoint types that fail later are logged.
     """
-    listening: Deferred[IListeningPort] = serverFromString(reactor, listen).listen(factory)
+    # TCP connections send at once when nothing is queued (``writethrough``).
+    endpoint = serverFromString(WriteThroughReactor(reactor), listen)
+    listening: Deferred[IListeningPort] = endpoint.listen(factory)
     failures: list[Failure] = []
     starting = True
 

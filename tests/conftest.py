@@ -44,6 +44,7 @@ def start_replay() -> Iterator[Callable[..., RunningReplay]]:
     """Factory: ``start_replay(fixtures=FIXTURES, speed=0.0, api_key=TEST_KEY, clock=reactor)``."""
     from difytw.fixtureindex import FixtureIndex
     from difytw.replay import ReplayApp
+    from difytw.writethrough import WriteThroughReactor
 
     started: list[RunningReplay] = []
 
@@ -58,7 +59,8 @@ def start_replay() -> Iterator[Callable[..., RunningReplay]]:
             index, clock=clock if clock is not None else _reactor, speed=speed, api_key=api_key
         )
         site = app.site()
-        listening = _reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        # As `twist difyreplay` listens (listening.listen_or_exit): write-through sockets.
+        listening = WriteThroughReactor(_reactor).listenTCP(0, site, interface="127.0.0.1")
         port = listening.getHost().port
         running = RunningReplay(f"http://127.0.0.1:{port}", port, app, app.journal, listening)
         started.append(running)

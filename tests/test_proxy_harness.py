@@ -27,6 +27,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from difytw.proxy import ProxyApp, ProxyConfig
 from difytw.sse import Decoder, Event
+from difytw.writethrough import WriteThroughReactor
 
 TEST_KEY = "app-test-key-not-a-secret"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -49,7 +50,8 @@ def start_proxy() -> Iterator[Callable[..., RunningProxy]]:
     def start(upstream: str, *, clock: Any = None, **config: Any) -> RunningProxy:
         config.setdefault("api_key", TEST_KEY)
         app = ProxyApp(ProxyConfig(upstream=upstream, **config), reactor=reactor, clock=clock)
-        listening = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+        # As `twist difyproxy` listens (listening.listen_or_exit): write-through sockets.
+        listening = WriteThroughReactor(reactor).listenTCP(0, app.site(), interface="127.0.0.1")
         port = listening.getHost().port
         url = f"http://127.0.0.1:{port}{app.route.prefix.decode()}"
         running = RunningProxy(url, port, app, listening)
