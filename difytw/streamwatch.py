@@ -125,10 +125,13 @@ class StreamWatch:
             self._decode(data[:start])
         end = data.rfind(b"\n\n", start) + 2
         if end > 1:  # a whole frame, or more, from ``start`` on
-            needles = _WORKFLOW_NEEDLES if self.workflow else _CHAT_NEEDLES
-            hits = [at for at in (data.find(name, start, end) for name in needles) if at >= 0]
+            first = -1
+            for name in _WORKFLOW_NEEDLES if self.workflow else _CHAT_NEEDLES:
+                at = data.find(name, start, end)
+                if at >= 0 and (first < 0 or at < first):
+                    first = at
             # Frames before the first one that names something are skipped all the same.
-            skip = data.rfind(b"\n\n", start, min(hits)) + 2 if hits else end
+            skip = data.rfind(b"\n\n", start, first) + 2 if first >= 0 else end
             if skip > 1:
                 start = skip
             if start < end:
