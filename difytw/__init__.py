@@ -15,7 +15,8 @@ Module map (imports point one way, top to bottom; each module's docstring says w
   body fed upstream), ``upstream`` (the Agent and treq client), ``journal``, ``playback``,
   ``stopper``, ``usage``, ``recordfolder``, ``access``,
   ``accesslog``, ``proxysite`` (difyproxy's Site: refusals before any route),
-  ``listening`` (``--listen`` endpoints, shared by both ``twist`` plugins);
+  ``listening`` (``--listen`` endpoints, shared by both ``twist`` plugins) over
+  ``writethrough`` (TCP sockets that send at once while nothing is queued);
 - ``forward`` (one admitted request upstream and back, relayed);
 - the two klein applications: ``proxy`` and ``replay`` (with ``passthrough`` for recording);
 - ``web`` -- the offline demo (page + proxy + in-process replay);
