@@ -144,7 +144,8 @@ class StreamWatch:
 
     def _decode(self, data: bytes) -> None:
         """Run ``data`` through the SSE decoder, for the frames it completes."""
-        assert self._decoder is not None
+        if self._decoder is None:  # watching gave up earlier in this read
+            return
         try:
             items = self._decoder.feed(data)
         except SSEError as e:
@@ -158,8 +159,6 @@ class StreamWatch:
         for item in items:
             if isinstance(item, Event):
                 self._event(item)
-                if self._decoder is None:
-                    return
 
     def _event(self, event: Event) -> None:
         if event.event == "ping" or not event.data:

@@ -238,3 +238,16 @@ def test_skipping_whole_frames_agrees_with_decoding_everything(
     watch = fed_in_reads(body, cuts)
     assert summary(watch) == summary(whole)
     assert watch.terminal == ("error" if fails else "message_end")
+
+
+def test_an_oversized_frame_mid_read_stops_watching_quietly() -> None:
+    """Past the id hunt, a read whose first piece breaks the decoder's size limit ends the
+    watching; the rest of that read is not fed to a decoder that is gone."""
+    watch = StreamWatch(max_event_size=4096)
+    for frame_bytes in long_chat()[: ID_FRAMES + 2]:
+        watch.feed(frame_bytes)
+    huge = frame(event="message", task_id="t", answer="x" * 5000)
+    watch.feed(huge[:100])  # the decoder now holds a partial frame
+    watch.feed(huge[100:] + b"".join(long_chat()[-3:]))
+    assert watch.broken and "4096" in watch.broken
+    assert not watch.finished
