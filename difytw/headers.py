@@ -128,9 +128,9 @@ def upstream_request_headers(
             forwarded_for.extend(values)
             continue
         if trust_forwarding and lower == b"x-forwarded-proto":
-            scheme = _first_token(values, _SCHEMES) or scheme
+            scheme = _forwarded_scheme(values) or scheme
         if trust_forwarding and lower == b"x-forwarded-host":
-            forwarded_host = _first_token(values, None)
+            forwarded_host = _forwarded_host(values)
         if lower in _NOT_UPSTREAM or _is_hop_by_hop(lower, listed):
             continue
         out.append((name, list(values)))
@@ -151,17 +151,22 @@ _SCHEMES = frozenset({b"http", b"https"})
 _HOST_BYTES = re.compile(rb"[A-Za-z0-9.\-:\[\]_]{1,255}")
 
 
-def _first_token(values: Sequence[bytes], allowed: frozenset[bytes] | None) -> bytes | None:
-    """The first comma-separated element of a forwarding header (the one the proxy nearest
-    the client wrote, as nginx reads it), if it is a scheme in ``allowed`` or, without
-    ``allowed``, a plausible ``host[:port]``; None when it is neither."""
-    if not values:
-        return None
-    token = values[0].split(b",", 1)[0].strip()
-    if allowed is not None:
-        token = token.lower()
-        return token if token in allowed else None
+def _forwarded_scheme(values: Sequence[bytes]) -> bytes | None:
+    """A forwarding header's scheme, if it is ``http`` or ``https`` (see ``_first_of``)."""
+    token = _first_of(values).lower()
+    return token if token in _SCHEMES else None
+
+
+def _forwarded_host(values: Sequence[bytes]) -> bytes | None:
+    """A forwarding header's ``host[:port]``, if it is a plausible one (see ``_first_of``)."""
+    token = _first_of(values)
     return token if _HOST_BYTES.fullmatch(token) else None
+
+
+def _first_of(values: Sequence[bytes]) -> bytes:
+    """The first comma-separated element: the one the proxy nearest the client wrote, as
+    nginx reads it."""
+    return values[0].split(b",", 1)[0].strip() if values else b""
 
 
 def is_event_stream(content_type: Sequence[bytes] | None) -> bool:

@@ -67,7 +67,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
-from difytw.chunked import ChunkedDecoder
+from difytw.chunked import ChunkedDecoder, ChunkedError
 from difytw.errors import DifyError
 from difytw.headers import upstream_request_headers
 from difytw.relay import ReadScope
@@ -189,8 +189,10 @@ class ReadChunkedDecoder:
         self.dataReceived = self._decoder.feed
 
     def noMoreData(self) -> None:
-        if not self._decoder.done:
-            raise _DataLoss("connection closed inside a chunked body")
+        try:
+            self._decoder.close()
+        except ChunkedError as cut:
+            raise _DataLoss(str(cut)) from None
 
 
 _READ_DECODERS = {b"chunked": ReadChunkedDecoder}
